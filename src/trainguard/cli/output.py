@@ -1,0 +1,93 @@
+"""Output formats and where results go: stdout carries results, stderr everything else."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+from trainguard.core.errors import UsageError
+from trainguard.core.findings import Finding, Severity
+from trainguard.core.sarif import to_sarif
+
+
+class OutputFormat(enum.StrEnum):
+    """``--format`` choices."""
+
+    TEXT = "text"
+    JSON = "json"
+    SARIF = "sarif"
+
+
+def add_format_option(
+    parser: argparse.ArgumentParser, *, sarif: bool = True, default: str = "text"
+) -> None:
+    """Add ``--format`` (and ``-o/--output``) to a command parser."""
+    choices = [f.value for f in OutputFormat if sarif or f is not OutputFormat.SARIF]
+    parser.add_argument(
+        "--format",
+        choices=choices,
+        default=default,
+        help=f"output format (default: {default})",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        default=None,
+        help="write the result to FILE instead of stdout",
+    )
+
+
+def add_fail_on_severity(parser: argparse.ArgumentParser, default: str = "medium") -> None:
+    """``--fail-on SEVERITY`` for commands whose findings carry severities."""
+    parser.add_argument(
+        "--fail-on",
+        choices=[s.value for s in Severity],
+        default=default,
+        help=f"exit 1 when a finding is at or above this severity (default: {default})",
+    )
+
+
+def write_result(text: str, output: str | None) -> None:
+    """Write the command's result to ``--output`` or stdout."""
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                if not text.endswith("\n"):
+                    handle.write("\n")
+        except OSError as exc:
+            raise UsageError(f"{output}: cannot write output: {exc.strerror}") from exc
+        return
+    sys.stdout.write(text)
+    if not text.endswith("\n"):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def dump_json(value: Any) -> str:
+    """Pretty JSON for humans and machines alike."""
+    return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+def render_findings(
+    findings: Iterable[Finding], fmt: str, *, command: str, extra: dict[str, Any] | None = None
+) -> str:
+    """Findings as JSON (``{"findings": [...]}`` plus ``extra``) or SARIF; text is per-command."""
+    items = list(findings)
+    if fmt == OutputFormat.SARIF:
+        return dump_json(to_sarif(items, tool_command=command))
+    if fmt == OutputFormat.JSON:
+        body: dict[str, Any] = dict(extra or {})
+        body["findings"] = [f.to_dict() for f in items]
+        return dump_json(body)
+    raise_usage(f"format {fmt!r} is not rendered here")
+
+
+def raise_usage(message: str) -> NoReturn:
+    """Abort the command with a usage error (exit 2)."""
+    raise UsageError(message)
