@@ -45,5 +45,5 @@ def test_refuses_to_overwrite_and_rejects_garbage(tmp_path: Path) -> None:
 def test_canonical_json_is_order_independent_and_domain_separated() -> None:
     assert canonical_json({"b": 1, "a": 2}) == canonical_json({"a": 2, "b": 1}) == b'{"a":2,"b":1}'
     assert signing_input("d1", {}) != signing_input("d2", {})
-    with pytest.raises(ValueError, match="NaN|not JSON compliant"):
+    with pytest.raises(ValueError, match=r"NaN|not JSON compliant"):
         canonical_json({"x": float("nan")})
