@@ -297,11 +297,79 @@ FINDING_KINDS: Mapping[str, FindingKind] = dict(
             "Confirm the owner added it on purpose; otherwise remove it and rotate keys.",
         ),
         _k(
+            "host.changed_entry",
+            Severity.HIGH,
+            "A login or persistence point changed since the baseline, or can no longer be "
+            "read (fail closed).",
+            "Compare the entry with the baseline's digest; find who changed it (owner, mtime).",
+        ),
+        _k(
+            "host.removed_entry",
+            Severity.LOW,
+            "A login or persistence point recorded in the baseline is gone.",
+            "Confirm the removal was intended; removed log or key files can hide tracks.",
+        ),
+        _k(
             "guard.disabled",
             Severity.CRITICAL,
             "The guard was switched off from inside the job (hooks removed, thread stopped, "
             "object replaced) or stopped reporting.",
             "Treat the run as compromised from the reported step on.",
+        ),
+        _k(
+            "ledger.entry_modified",
+            Severity.CRITICAL,
+            "A ledger entry's content no longer matches the hash its writer stored.",
+            "Treat the entry as forged; compare with a backup or a head kept elsewhere.",
+        ),
+        _k(
+            "ledger.entry_deleted",
+            Severity.CRITICAL,
+            "A ledger entry was removed (a gap in the sequence, or later entries renumbered).",
+            "Find who had write access to the ledger database at that time.",
+        ),
+        _k(
+            "ledger.entry_inserted",
+            Severity.CRITICAL,
+            "An entry was added into the middle of the ledger after the fact.",
+            "Disregard the inserted entry; find who had write access to the database.",
+        ),
+        _k(
+            "ledger.reordered",
+            Severity.CRITICAL,
+            "A ledger entry holds the event written at another position.",
+            "Read the events in their written order (evidence: written_as).",
+        ),
+        _k(
+            "ledger.truncated",
+            Severity.CRITICAL,
+            "A signed tree head covers more entries than the ledger still holds.",
+            "Restore the ledger from a backup; the missing events were removed on purpose.",
+        ),
+        _k(
+            "ledger.root_mismatch",
+            Severity.CRITICAL,
+            "The entries covered by a signed tree head no longer hash to its root "
+            "(rewritten together with their stored hashes).",
+            "Restore from a backup; the change lies after the last head that still matches.",
+        ),
+        _k(
+            "ledger.bad_head_signature",
+            Severity.CRITICAL,
+            "A tree head's signature does not verify with the ledger's public key.",
+            "Treat the head as forged; verify against a head kept outside the ledger.",
+        ),
+        _k(
+            "ledger.unsigned",
+            Severity.HIGH,
+            "No signed tree head covers the ledger, so rewritten hashes would not show.",
+            "Open the ledger with a signing key, or run 'trainguard ledger export'.",
+        ),
+        _k(
+            "ledger.unsigned_tail",
+            Severity.LOW,
+            "The newest entries are not yet covered by a signed tree head.",
+            "Run 'trainguard ledger export' at the end of the run and keep the head.",
         ),
     ]
 )

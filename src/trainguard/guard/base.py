@@ -51,6 +51,8 @@ class GuardContext:
     """The job's own process group for collectives, or None when not distributed."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Tunables (thresholds, intervals), documented in docs/guard.md."""
+    observed: dict[str, Any] = field(default_factory=dict)
+    """Latest values passed to ``guard.observe()`` (e.g. ``loss``); may be device tensors."""
 
     def report(self, finding: Finding) -> None:
         """Send a finding to this rank's sink."""
@@ -74,3 +76,31 @@ class Monitor(Protocol):
 
     def close(self, ctx: GuardContext) -> None:
         """Remove hooks and flush; called once, also on interpreter exit."""
+
+
+class ExchangingMonitor(Monitor, Protocol):
+    """A monitor that takes part in the guard's one cross-rank exchange.
+
+    Every ``settings["exchange_every"]`` steps the Guard concatenates the payloads
+    of all exchanging monitors into one fixed-size float64 tensor and gathers it
+    from every rank with a single tensor collective on the job's process group
+    (never a pickle-based object collective). One collective per exchange keeps
+    the order identical on every rank, so a monitor can never deadlock the job by
+    exchanging on its own schedule. Optional: the Guard checks with ``getattr``.
+    """
+
+    def exchange_size(self, ctx: GuardContext) -> int:
+        """Number of float64 values this monitor sends; fixed after ``start``."""
+
+    def exchange_payload(self, ctx: GuardContext) -> Any:
+        """This rank's values: a 1-D tensor (any device) or a sequence of floats."""
+
+    def on_exchange(self, ctx: GuardContext, gathered: Any) -> None:
+        """Every rank's values: a CPU float64 tensor of shape ``[world_size, size]``."""
+
+
+class ObservingMonitor(Monitor, Protocol):
+    """A monitor that wants the values passed to ``guard.observe()`` (optional)."""
+
+    def on_observe(self, ctx: GuardContext, values: Mapping[str, Any]) -> None:
+        """Called on the training thread each time ``guard.observe(**values)`` runs."""

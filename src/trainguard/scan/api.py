@@ -1,0 +1,316 @@
+"""The scanner's public entry points: :func:`scan_path` and :func:`scan_bytes`.
+
+Files are read through ``mmap`` and only the parts a format needs are touched, so
+a zip checkpoint costs as much as its directory and pickles, not its tensors.
+Directories are walked recursively and every regular file is scanned by content.
+Symbolic links are followed only inside the tree being scanned; a link that
+leaves it (or dangles) is reported, because a loader would follow it. Files are
+scanned in parallel processes when ``jobs > 1``; each file has a time budget,
+and a file that exceeds it gets verdict ``error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainguard.core.errors import LimitExceeded, ScanInputError
+from trainguard.core.findings import FileReport, Finding, Severity, Verdict
+from trainguard.core.progress import NULL_PROGRESS, Progress
+from trainguard.scan.formats.context import ScanContext, combine, limit
+
+if TYPE_CHECKING:
+    from trainguard.core.limits import Limits
+    from trainguard.scan.policy import Policy
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_FILE_SECONDS = 120.0
+"""Per-file time budget when ``Limits`` does not name one."""
+
+
+def _default_limits() -> Limits:
+    from trainguard.core.limits import DEFAULT_LIMITS
+
+    return DEFAULT_LIMITS
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One file to scan, or one problem found while walking."""
+
+    display: str
+    real: str | None
+    finding: Finding | None = None
+    verdict: Verdict = Verdict.SAFE
+    outside: bool = False
+
+
+def scan_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    name: str = "<bytes>",
+    policy: Policy | None = None,
+    limits: Limits | None = None,
+    seconds: float | None = None,
+) -> FileReport:
+    """Scan an in-memory buffer as if it were a file called ``name``."""
+    lim = limits if limits is not None else _default_limits()
+    return _scan_view(memoryview(data), name, policy, lim, seconds)
+
+
+def scan_path(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    policy: Policy | None = None,
+    limits: Limits | None = None,
+    jobs: int = 1,
+    progress: Progress = NULL_PROGRESS,
+) -> list[FileReport]:
+    """Scan files and directories (recursively); one report per file, in walk order.
+
+    Raises :class:`ScanInputError` when a named path does not exist. Problems met
+    while walking (unreadable files, links leaving the tree) become reports.
+    """
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    roots = [Path(p) for p in paths]
+    for root in roots:
+        if not root.exists() and not root.is_symlink():
+            raise ScanInputError(f"{root}: no such file or directory; check the path")
+    lim = limits if limits is not None else _default_limits()
+    targets = list(_walk(roots))
+    progress.start("scanning", len(targets))
+    try:
+        if jobs > 1 and sum(t.real is not None for t in targets) > 1:
+            return _scan_parallel(targets, policy, lim, jobs, progress)
+        reports = []
+        for target in targets:
+            reports.append(_scan_target(target, policy, lim))
+            progress.advance()
+        return reports
+    finally:
+        progress.finish()
+
+
+# -- walking -----------------------------------------------------------------------------
+def _walk(roots: Sequence[Path]) -> Iterator[_Target]:
+    for root in roots:
+        if root.is_symlink() and not root.exists():
+            yield _broken_link(str(root))
+            continue
+        if not root.is_dir():
+            yield _Target(str(root), str(root))
+            continue
+        real_root = os.path.realpath(root)
+        yield from _walk_dir(root, real_root, {real_root})
+
+
+def _walk_dir(directory: Path, real_root: str, seen: set[str]) -> Iterator[_Target]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        yield _Target(
+            str(directory),
+            None,
+            Finding(
+                rule="scan.unreadable",
+                severity=Severity.HIGH,
+                message=f"directory cannot be listed: {exc.strerror}",
+                path=str(directory),
+            ),
+            Verdict.ERROR,
+        )
+        return
+    for entry in entries:
+        display = str(directory / entry.name)
+        if entry.is_symlink():
+            real = os.path.realpath(display)
+            if not Path(real).exists():
+                yield _broken_link(display)
+                continue
+            inside = real == real_root or real.startswith(real_root + os.sep)
+            if Path(real).is_dir():
+                if not inside:
+                    yield _link_outside(display, real, directory=True)
+                elif real not in seen:
+                    seen.add(real)
+                    yield from _walk_dir(Path(display), real_root, seen)
+                continue
+            yield _Target(display, real, outside=not inside)
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            real = os.path.realpath(display)
+            if real not in seen:
+                seen.add(real)
+                yield from _walk_dir(Path(display), real_root, seen)
+            continue
+        if entry.is_file(follow_symlinks=False):
+            yield _Target(display, display)
+            continue
+        yield _Target(
+            display,
+            None,
+            Finding(
+                rule="scan.special_file",
+                severity=Severity.LOW,
+                message="not a regular file (device, socket or pipe); not read",
+                path=display,
+            ),
+            Verdict.SAFE,
+        )
+
+
+def _broken_link(display: str) -> _Target:
+    return _Target(
+        display,
+        None,
+        Finding(
+            rule="scan.broken_symlink",
+            severity=Severity.MEDIUM,
+            message=f"symbolic link to {str(Path(display).readlink())!r} points nowhere",
+            path=display,
+        ),
+        Verdict.ERROR,
+    )
+
+
+def _link_outside(display: str, real: str, *, directory: bool) -> _Target:
+    return _Target(
+        display,
+        None,
+        Finding(
+            rule="scan.symlink_outside_tree",
+            severity=Severity.MEDIUM,
+            message=f"symbolic link leaves the scanned tree (to {real}); "
+            + ("the directory was not walked; scan it explicitly" if directory else ""),
+            path=display,
+            evidence={"target": real},
+        ),
+        Verdict.UNKNOWN,
+    )
+
+
+# -- scanning ----------------------------------------------------------------------------
+def _scan_parallel(
+    targets: list[_Target], policy: Policy | None, lim: Limits, jobs: int, progress: Progress
+) -> list[FileReport]:
+    from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+
+    reports: list[FileReport | None] = [None] * len(targets)
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures: dict[Future[FileReport], int] = {}
+        for index, target in enumerate(targets):
+            if target.real is None:
+                reports[index] = _scan_target(target, policy, lim)
+                progress.advance()
+                continue
+            futures[pool.submit(_scan_target, target, policy, lim)] = index
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                reports[index] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker must not lose the file
+                target = targets[index]
+                reports[index] = _error_report(target.display, f"scanner worker failed: {exc}")
+            progress.advance()
+    return [r for r in reports if r is not None]
+
+
+def _error_report(path: str, message: str, rule: str = "scan.internal_error") -> FileReport:
+    finding = Finding(rule=rule, severity=Severity.HIGH, message=message, path=path)
+    return FileReport(path=path, format="unknown", verdict=Verdict.ERROR, findings=(finding,))
+
+
+def _scan_target(target: _Target, policy: Policy | None, lim: Limits) -> FileReport:
+    if target.real is None:
+        findings = (target.finding,) if target.finding is not None else ()
+        return FileReport(target.display, "none", target.verdict, findings)
+    report = _scan_file(target.display, target.real, policy, lim)
+    if target.outside:
+        extra = _link_outside(target.display, target.real, directory=False).finding
+        assert extra is not None
+        verdict = combine([report.verdict, Verdict.UNKNOWN])
+        return FileReport(report.path, report.format, verdict, (extra, *report.findings))
+    return report
+
+
+def _scan_file(display: str, real: str, policy: Policy | None, lim: Limits) -> FileReport:
+    try:
+        with open(real, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return _error_report(display, "not a regular file", "scan.special_file")
+            max_file = limit(lim, "max_file_size", 4 << 40)
+            if info.st_size > max_file:
+                return _error_report(
+                    display,
+                    f"{info.st_size} bytes exceeds the {max_file}-byte file limit",
+                    "limit.file_size",
+                )
+            if info.st_size == 0:
+                return _scan_view(memoryview(b""), display, policy, lim, None)
+            try:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                data = memoryview(handle.read())
+                return _scan_view(data, display, policy, lim, None)
+    except OSError as exc:
+        return _error_report(
+            display, f"cannot read the file: {exc.strerror or exc}", "scan.unreadable"
+        )
+    try:
+        return _scan_view(memoryview(mapped), display, policy, lim, None)
+    finally:
+        try:
+            mapped.close()
+        except BufferError:
+            # A finding still references the mapping; it is closed when collected.
+            pass
+
+
+def _scan_view(
+    data: memoryview, name: str, policy: Policy | None, lim: Limits, seconds: float | None
+) -> FileReport:
+    from trainguard.scan.formats.dispatch import scan_buffer
+
+    budget = (
+        seconds
+        if seconds is not None
+        else float(getattr(lim, "time_budget_s", None) or DEFAULT_FILE_SECONDS)
+    )
+    ctx = ScanContext(path=name, limits=lim, policy=policy, deadline=time.monotonic() + budget)
+    fmt = "unknown"
+    try:
+        fmt = scan_buffer(ctx, data, member=None)
+    except LimitExceeded as exc:
+        ctx.report(
+            "limit.exceeded",
+            Severity.HIGH,
+            Verdict.ERROR,
+            f"scan stopped at a resource limit: {exc}",
+        )
+    except (RecursionError, MemoryError) as exc:
+        ctx.report(
+            "limit.exceeded",
+            Severity.HIGH,
+            Verdict.ERROR,
+            f"scan stopped: {type(exc).__name__}",
+        )
+    except Exception as exc:  # fail closed: a scanner bug must never read as safe
+        _logger.exception("internal error while scanning %s", name)
+        ctx.report(
+            "scan.internal_error",
+            Severity.HIGH,
+            Verdict.ERROR,
+            f"internal scanner error ({type(exc).__name__}: {exc}); the file was not fully scanned",
+        )
+    verdict = combine(ctx.verdicts) if ctx.verdicts else Verdict.ERROR
+    return FileReport(path=name, format=fmt, verdict=verdict, findings=tuple(ctx.findings))

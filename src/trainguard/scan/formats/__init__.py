@@ -1,0 +1,1 @@
+"""One module per container format; dispatch.py routes buffers to them by content."""

@@ -1,0 +1,252 @@
+"""Map torch storages to tensor names in a symbolic ``data.pkl`` value tree.
+
+``torch.save`` writes every tensor as a call of a rebuild function
+(``torch._utils._rebuild_tensor_v2`` and friends) on a persistent storage id
+``('storage', <storage class>, key, location, numel)``; the bytes live in the
+archive record ``data/<key>``. Walking the symbolic root that the pickle machine
+built gives, for each tensor, its dotted name (nested dict keys and list indices
+joined by ".") and its geometry, without importing torch. The manifest uses this
+for per-tensor digests; ``load`` uses it to validate geometry against storage
+sizes (CVE-2026-24747: an offset/stride outside the storage reads and writes out
+of bounds).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from trainguard.scan.picklevm.machine import PickleResult
+from trainguard.scan.picklevm.values import Call, GlobalRef, PersistentRef
+from trainguard.scan.policy import STORAGE_DTYPES
+
+_logger = logging.getLogger(__name__)
+
+_REBUILD_GEOMETRY = {
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_qtensor",
+}
+_REBUILD_WRAPPERS = {
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+}
+_MODULE_CONTAINERS = ("_parameters", "_buffers", "_modules")
+_MAX_NODES = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class TensorRef:
+    """One tensor of a torch pickle: which storage it views and how."""
+
+    storage_key: str
+    """Archive record name under ``data/`` (zip format) or the legacy root key."""
+    dtype: str
+    """Element dtype, e.g. ``float32``, ``bfloat16`` (from the storage class or v3 dtype)."""
+    storage_offset: int
+    """Offset of the first element, in elements."""
+    shape: tuple[int, ...]
+    """Size per dimension."""
+    stride: tuple[int, ...]
+    """Stride per dimension, in elements."""
+    location: str
+    """Device string recorded at save time (``cpu``, ``cuda:0``)."""
+    storage_numel: int | None
+    """Elements in the storage as recorded in the persistent id (bytes for untyped)."""
+    requires_grad: bool = False
+    """The tensor's requires_grad flag, where the rebuild call records it."""
+    rebuild: str = ""
+    """The rebuild function used (``torch._utils._rebuild_tensor_v2``...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageRef:
+    """One storage named by a persistent id."""
+
+    key: str
+    """Archive record name under ``data/``."""
+    dtype: str
+    """Element dtype of the storage class (``uint8`` for untyped storages)."""
+    location: str
+    """Device string recorded at save time."""
+    numel: int
+    """Elements (bytes for untyped storages) the storage holds."""
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return None
+
+
+def _storage_dtype(storage_type: Any) -> str | None:
+    if not isinstance(storage_type, GlobalRef):
+        return None
+    if storage_type.name in STORAGE_DTYPES:
+        return STORAGE_DTYPES[storage_type.name]
+    if storage_type.name in ("UntypedStorage", "TypedStorage"):
+        return "uint8"
+    return None
+
+
+def _storage_of(value: Any) -> StorageRef | None:
+    """The storage a persistent reference names, or None when it is not one."""
+    if not isinstance(value, PersistentRef):
+        return None
+    pid = value.pid
+    if not isinstance(pid, tuple) or len(pid) not in (5, 6) or _text(pid[0]) != "storage":
+        return None
+    dtype = _storage_dtype(pid[1])
+    key = _text(pid[2])
+    location = _text(pid[3])
+    numel = pid[4]
+    if dtype is None or key is None or location is None or type(numel) is not int:
+        return None
+    return StorageRef(key, dtype, location, numel)
+
+
+def _ints(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, Call) and value.target == "torch.Size":
+        args = value.args
+        value = args[0] if isinstance(args, tuple) and args else None
+    if isinstance(value, (tuple, list)) and all(type(v) is int for v in value):
+        return tuple(value)
+    return None
+
+
+def _tensor(call: Call) -> TensorRef | None:
+    """The tensor a rebuild call makes, or None when the call is not a well-formed one."""
+    target = call.target
+    args = call.args
+    if not isinstance(args, tuple):
+        return None
+    if target in _REBUILD_WRAPPERS and args and isinstance(args[0], Call):
+        inner = _tensor(args[0])
+        if inner is None:
+            return None
+        requires_grad = len(args) > 1 and args[1] is True
+        return TensorRef(
+            inner.storage_key,
+            inner.dtype,
+            inner.storage_offset,
+            inner.shape,
+            inner.stride,
+            inner.location,
+            inner.storage_numel,
+            requires_grad,
+            inner.rebuild,
+        )
+    if target == "torch._tensor._rebuild_from_type_v2" and len(args) >= 3:
+        func, fargs = args[0], args[2]
+        if isinstance(func, GlobalRef) and isinstance(fargs, tuple):
+            return _tensor(Call(func, fargs, call.kind, call.offset))
+        return None
+    if target not in _REBUILD_GEOMETRY or len(args) < 4:
+        return None
+    storage = _storage_of(args[0])
+    offset = args[1]
+    shape = _ints(args[2])
+    stride = _ints(args[3])
+    if storage is None or type(offset) is not int or shape is None or stride is None:
+        _logger.debug("malformed rebuild call at offset %s", call.offset)
+        return None
+    dtype = storage.dtype
+    if target == "torch._utils._rebuild_tensor_v3" and len(args) >= 7:
+        dt = args[6]
+        if isinstance(dt, GlobalRef) and dt.module == "torch":
+            dtype = dt.name
+    requires_grad = (
+        target in ("torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3")
+        and len(args) > 4
+        and args[4] is True
+    )
+    return TensorRef(
+        storage.key,
+        dtype,
+        offset,
+        shape,
+        stride,
+        storage.location,
+        storage.numel,
+        requires_grad,
+        target or "",
+    )
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bool, int)):
+        return str(int(key)) if not isinstance(key, bool) else str(key)
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "replace")
+    return f"<{type(key).__name__}>"
+
+
+def torch_tensor_refs(root: Any) -> dict[str, TensorRef]:
+    """Every tensor reachable from ``root`` by dotted name.
+
+    Dict keys (plain dicts, OrderedDict state dicts, nested checkpoint dicts) and
+    list/tuple indices are joined by "."; an ``nn.Module``'s ``_parameters``,
+    ``_buffers`` and ``_modules`` levels are skipped so whole-module pickles give
+    state_dict-style names. A tensor reached by two paths (tied weights) appears
+    under both names.
+    """
+    out: dict[str, TensorRef] = {}
+    seen: set[int] = set()
+    todo: list[tuple[Any, tuple[str, ...]]] = [(root, ())]
+    nodes = 0
+    while todo:
+        value, path = todo.pop()
+        nodes += 1
+        if nodes > _MAX_NODES:
+            _logger.warning("tensor walk stopped after %d nodes", _MAX_NODES)
+            break
+        if isinstance(value, Call):
+            tensor = _tensor(value)
+            if tensor is not None:
+                out[".".join(path)] = tensor
+                continue
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            children: list[tuple[Any, tuple[str, ...]]] = []
+            if value.setitems:
+                children.extend((v, (*path, _key_text(k))) for k, v in value.setitems)
+            if value.appends:
+                children.extend((v, (*path, str(i))) for i, v in enumerate(value.appends))
+            if value.has_state:
+                state = value.state
+                if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+                    state = state[0]
+                children.append((state, path))
+            todo.extend(reversed(children))
+        elif isinstance(value, dict):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = [
+                (v, path if k in _MODULE_CONTAINERS else (*path, _key_text(k)))
+                for k, v in value.items()
+            ]
+            todo.extend(reversed(items))
+        elif isinstance(value, (list, tuple)):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            todo.extend(reversed([(v, (*path, str(i))) for i, v in enumerate(value)]))
+    return out
+
+
+def storage_refs(result: PickleResult) -> list[StorageRef]:
+    """Every distinct storage the pickle's persistent ids name, in order of appearance."""
+    seen: dict[str, StorageRef] = {}
+    for ref in result.persistent_ids:
+        storage = _storage_of(ref)
+        if storage is not None and storage.key not in seen:
+            seen[storage.key] = storage
+    return list(seen.values())

@@ -1,0 +1,131 @@
+"""The guard tests' training job: one rank of a small gloo job (or a single process).
+
+Run by tests/guard/jobs/runner.py with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT
+set. Writes ``rank<r>.json`` with the guard's findings and some counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from tests.guard.jobs import sabotage
+
+
+class MLP(torch.nn.Module):
+    """A tiny regression model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(16, 64)
+        self.fc2 = torch.nn.Linear(64, 64)
+        self.fc3 = torch.nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--sabotage", default="none")
+    parser.add_argument("--optim", default="sgd", choices=["sgd", "adam", "adamw"])
+    parser.add_argument("--settings", default="{}")
+    parser.add_argument("--no-ddp", action="store_true")
+    parser.add_argument("--memory-sink", action="store_true")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    sabotage.STATE.update(rank=rank, world=world)
+    if world > 1:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+            rank=rank,
+            world_size=world,
+        )
+    if args.sabotage == "patch_step_lr":
+        sabotage.patch_sgd_step_lr()
+
+    import trainguard
+    from trainguard.guard.sink import MemorySink
+
+    torch.manual_seed(0)
+    teacher = MLP()
+    model = MLP()
+    if args.sabotage == "grad_phases":
+        sabotage.install_grad_corruption(model, rank)
+    if args.sabotage == "zero_grads":
+        sabotage.install_zero_grads(model, from_step=15)
+    wrapped: torch.nn.Module = model
+    if world > 1 and not args.no_ddp:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    if args.optim == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    elif args.optim == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+
+    settings = json.loads(args.settings)
+    sink = MemorySink() if args.memory_sink else None
+    guard = trainguard.watch(
+        wrapped, opt, run_dir=Path(args.out) / "run", sink=sink, settings=settings
+    )
+    gen = torch.Generator().manual_seed(1000 + rank)
+    delay = sabotage.DELAYS.get(args.sabotage)
+    losses = []
+    t0 = time.perf_counter()
+    for step in range(args.steps):
+        sabotage.STATE["step"] = step
+        if delay is not None:
+            delay(rank)
+        if args.sabotage == "patch_sgd" and step == 10:
+            sabotage.patch_sgd_functional()
+        if args.sabotage == "kernel_sign" and step == 10:
+            sabotage.patch_kernel_sign()
+        x = torch.randn(32, 16, generator=gen)
+        with torch.no_grad():
+            y = teacher(x)
+        out = wrapped(x)
+        loss = F.mse_loss(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        guard.observe(loss=loss)
+        losses.append(float(loss))
+        if args.sabotage == "param_corrupt":
+            sabotage.corrupt_params(model, rank, step)
+    elapsed = time.perf_counter() - t0
+    timing = guard.monitor("timing")
+    guard.close()
+    result = {
+        "rank": rank,
+        "world": world,
+        "findings": [f.to_dict() for f in guard.findings],
+        "losses": losses,
+        "elapsed": elapsed,
+        "samples": getattr(getattr(timing, "sampler", None), "samples_taken", None),
+        "windows": getattr(timing, "windows", None),
+    }
+    Path(args.out, f"rank{rank}.json").write_text(json.dumps(result, default=str))
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
