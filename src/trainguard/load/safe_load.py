@@ -27,7 +27,7 @@ from trainguard.core.errors import InputError, UnsafeFileError
 from trainguard.core.findings import FileReport, Verdict
 from trainguard.load.geometry import check_geometry
 
-TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy", "torch-tar"})
+TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy", "torch-legacy-tar"})
 """Scanner formats that torch.load understands."""
 
 
@@ -200,6 +200,6 @@ def safe_load(
         return _torch_load(data, map_location, allow)
     if fmt == "safetensors":
         return _safetensors_load(data, map_location)
-    if fmt in ("npy", "npz"):
+    if fmt in ("numpy-npy", "numpy-npz"):
         return _numpy_load(data)
     raise UnsafeFileError(f"{file_path}: format {fmt!r} is not loadable by safe_load")
