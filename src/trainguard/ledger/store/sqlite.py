@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -132,7 +133,7 @@ class SqliteStore:
                 )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not self.readonly:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _set_wal(conn)
                 if str(mode).lower() != "wal":
                     _logger.warning("%s: journal mode is %s, not WAL", self.path, mode)
                 conn.execute("PRAGMA synchronous = FULL")
@@ -432,3 +433,20 @@ def _split(script: str) -> list[str]:
     if current and "\n".join(current).strip():
         statements.append("\n".join(current))
     return statements
+
+
+def _set_wal(conn: sqlite3.Connection) -> str:
+    """Switch to WAL, retrying while another process creates the same fresh database.
+
+    SQLite does not invoke the busy handler for the journal-mode change, so two ranks
+    opening a new ledger at the same moment can see "database is locked" at once;
+    the retry is bounded (about 30 s).
+    """
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
