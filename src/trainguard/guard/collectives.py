@@ -61,11 +61,15 @@ class Exchanger:
         # the older one; the list variant works everywhere.
         flat = getattr(dist, "all_gather_single", None)
         flat = flat or getattr(dist, "all_gather_into_tensor", None)
-        try:
-            if flat is None:
-                raise NotImplementedError("no flat all-gather")
-            flat(out, local, group=self.group)
-        except (RuntimeError, NotImplementedError):
+        gathered = False
+        if flat is not None:
+            try:
+                flat(out, local, group=self.group)
+                gathered = True
+            except RuntimeError:
+                # Some backends lack the flat variant; fall back to the list form.
+                gathered = False
+        if not gathered:
             parts = list(out.chunk(self.world_size))
             dist.all_gather(parts, local, group=self.group)
         self.calls += 1
