@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
 
 from trainguard.core.errors import LedgerError
 from trainguard.ledger.events import PreparedEvent, entry_bytes
@@ -12,6 +13,60 @@ from trainguard.ledger.store.interface import HeadSigner, Row
 from trainguard.ledger.tree_head import SignedTreeHead
 
 _logger = logging.getLogger(__name__)
+
+PAGE: Final = 1000
+"""Rows a reader fetches per query, so it never holds a long transaction."""
+
+_COLUMNS: Final = "seq, time, run, rank, host, pid, kind, payload, leaf"
+
+
+def rows_query(
+    mark: str, *, kind: str | None, run: str | None, until: int | None
+) -> tuple[str, list[Any]]:
+    """The paged SELECT of ``rows()`` with ``mark`` as the driver's placeholder.
+
+    Its first parameter is the last sequence number already read and its last one is
+    the page size; the filter values in between are returned.
+    """
+    where = [f"seq > {mark}"]
+    params: list[Any] = []
+    for column, value in (("kind", kind), ("run", run)):
+        if value is not None:
+            where.append(f"{column} = {mark}")
+            params.append(value)
+    if until is not None:
+        where.append(f"seq <= {mark}")
+        params.append(until)
+    # Only fixed fragments are joined here; every value is a bound parameter.
+    sql = f"SELECT {_COLUMNS} FROM ledger_events WHERE {' AND '.join(where)} "  # noqa: S608
+    return sql + f"ORDER BY seq LIMIT {mark}", params
+
+
+def paged_rows(fetch: Callable[[int], Sequence[Sequence[Any]]], since: int) -> Iterator[Row]:
+    """Rows after ``since``, one ``fetch(last_seq)`` page of :data:`PAGE` at a time."""
+    last = since
+    while True:
+        page = fetch(last)
+        for row in page:
+            yield to_row(row)
+        if len(page) < PAGE:
+            return
+        last = int(page[-1][0])
+
+
+def to_row(row: Sequence[Any]) -> Row:
+    """A driver's row as a :data:`Row` (plain ints, floats and bytes)."""
+    return (
+        int(row[0]),
+        float(row[1]),
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        bytes(row[8]),
+    )
 
 
 def build_rows(first_seq: int, events: Sequence[PreparedEvent]) -> list[Row]:

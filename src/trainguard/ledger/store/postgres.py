@@ -27,7 +27,17 @@ from typing import Any, Final
 from trainguard.core.errors import LedgerError
 from trainguard.ledger.events import PreparedEvent
 from trainguard.ledger.merkle import Frontier
-from trainguard.ledger.store.common import build_rows, crossed, head_at, periodic_head, redact
+from trainguard.ledger.store.common import (
+    PAGE,
+    build_rows,
+    crossed,
+    head_at,
+    paged_rows,
+    periodic_head,
+    redact,
+    rows_query,
+    to_row,
+)
 from trainguard.ledger.store.interface import SCHEMA_VERSION, HeadSigner, Row
 from trainguard.ledger.tree_head import SignedTreeHead
 
@@ -35,7 +45,6 @@ _logger = logging.getLogger(__name__)
 
 LOCK_KEY: Final = 0x7467_6C65_6467_6572
 """Advisory lock id ("tgledger" in ASCII) serialising appends within one database."""
-PAGE: Final = 1000
 SCAN_BATCH: Final = 20_000
 CONNECT_TIMEOUT_S: Final = 10
 
@@ -372,37 +381,20 @@ class PostgresStore:
         until: int | None = None,
     ) -> Iterator[Row]:
         """Rows in pages of :data:`PAGE` (one short transaction per page)."""
-        where = ["seq > %s"]
-        params: list[Any] = []
-        if kind is not None:
-            where.append("kind = %s")
-            params.append(kind)
-        if run is not None:
-            where.append("run = %s")
-            params.append(run)
-        if until is not None:
-            where.append("seq <= %s")
-            params.append(until)
-        query = (
-            # Only fixed fragments are joined here; every value is a bound parameter.
-            "SELECT seq, time, run, rank, host, pid, kind, payload, leaf FROM ledger_events "  # noqa: S608
-            f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
-        )
-        last = since
-        while True:
+        query, params = rows_query("%s", kind=kind, run=run, until=until)
+
+        def fetch(last: int) -> list[Any]:
             with self._lock:
                 conn = self.conn
                 try:
                     with conn.transaction():
-                        page = conn.execute(query, (last, *params, PAGE)).fetchall()
+                        page: list[Any] = conn.execute(query, (last, *params, PAGE)).fetchall()
+                        return page
                 except self._psycopg.Error as exc:
                     self._rollback()
                     raise self._error("read the ledger", exc) from exc
-            for row in page:
-                yield _row(row)
-            if len(page) < PAGE:
-                return
-            last = int(page[-1][0])
+
+        return paged_rows(fetch, since)
 
     def scan(self) -> Iterator[Sequence[Row]]:
         """All rows from one REPEATABLE READ snapshot via a server-side cursor."""
@@ -419,7 +411,7 @@ class PostgresStore:
                     batch = cur.fetchmany(SCAN_BATCH)
                     if not batch:
                         break
-                    yield [_row(r) for r in batch]
+                    yield [to_row(r) for r in batch]
             conn.commit()
         except self._psycopg.Error as exc:
             raise self._error("read the ledger", exc) from exc
@@ -461,17 +453,3 @@ class PostgresStore:
                 self._conn.close()
             except self._psycopg.Error:
                 _logger.debug("close failed", exc_info=True)
-
-
-def _row(row: Sequence[Any]) -> Row:
-    return (
-        int(row[0]),
-        float(row[1]),
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        bytes(row[8]),
-    )

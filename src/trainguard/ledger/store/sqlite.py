@@ -23,14 +23,21 @@ from typing import Any, Final
 from trainguard.core.errors import LedgerError
 from trainguard.ledger.events import PreparedEvent
 from trainguard.ledger.merkle import Frontier
-from trainguard.ledger.store.common import build_rows, crossed, head_at, periodic_head
+from trainguard.ledger.store.common import (
+    PAGE,
+    build_rows,
+    crossed,
+    head_at,
+    paged_rows,
+    periodic_head,
+    rows_query,
+)
 from trainguard.ledger.store.interface import SCHEMA_VERSION, HeadSigner, Row
 from trainguard.ledger.tree_head import SignedTreeHead
 
 _logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS: Final = 120_000
-PAGE: Final = 1000
 SCAN_BATCH: Final = 20_000
 
 _INHERITED: list[sqlite3.Connection] = []
@@ -309,35 +316,16 @@ class SqliteStore:
         until: int | None = None,
     ) -> Iterator[Row]:
         """Rows in pages of :data:`PAGE`, so a reader never holds a long transaction."""
-        where = ["seq > ?"]
-        params: list[Any] = []
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        if run is not None:
-            where.append("run = ?")
-            params.append(run)
-        if until is not None:
-            where.append("seq <= ?")
-            params.append(until)
-        sql = (
-            # Only fixed fragments are joined here; every value is a bound parameter.
-            "SELECT seq, time, run, rank, host, pid, kind, payload, leaf FROM ledger_events "  # noqa: S608
-            f"WHERE {' AND '.join(where)} "
-            "ORDER BY seq LIMIT ?"
-        )
-        last = since
-        while True:
+        sql, params = rows_query("?", kind=kind, run=run, until=until)
+
+        def fetch(last: int) -> list[Any]:
             with self._lock:
                 try:
-                    page = self.conn.execute(sql, (last, *params, PAGE)).fetchall()
+                    return self.conn.execute(sql, (last, *params, PAGE)).fetchall()
                 except sqlite3.Error as exc:
                     raise self._error("read the ledger", exc) from exc
-            for row in page:
-                yield _row(row)
-            if len(page) < PAGE:
-                return
-            last = int(page[-1][0])
+
+        return paged_rows(fetch, since)
 
     def scan(self) -> Iterator[Sequence[Row]]:
         """All rows from one read transaction, in batches (used by the verifier)."""
@@ -390,20 +378,6 @@ class SqliteStore:
                 self._conn.close()
             except sqlite3.Error:
                 _logger.debug("close failed", exc_info=True)
-
-
-def _row(row: Sequence[Any]) -> Row:
-    return (
-        int(row[0]),
-        float(row[1]),
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        bytes(row[8]),
-    )
 
 
 def _readonly_connection(path: Path) -> sqlite3.Connection:
