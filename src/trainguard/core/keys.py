@@ -7,15 +7,20 @@ DER public key, so a signature names the key that made it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from trainguard.core.canonical import signing_input
 from trainguard.core.errors import InputError, SignatureError
 
 
@@ -118,3 +123,55 @@ def verify_signature(public: ed25519.Ed25519PublicKey, signature: bytes, message
         public.verify(signature, message)
     except InvalidSignature as exc:
         raise SignatureError(f"signature does not verify with key {key_id(public)[:16]}") from exc
+
+
+def sign_document(document: Mapping[str, Any], key: SigningKey, domain: str) -> dict[str, Any]:
+    """``document`` with a ``signature`` member over everything else (JSON files we write).
+
+    ``domain`` separates document types, so a signed snapshot can never pass as a
+    signed baseline.
+    """
+    body = {k: v for k, v in document.items() if k != "signature"}
+    signature = key.sign(signing_input(domain, body))
+    return {
+        **body,
+        "signature": {
+            "algorithm": "ed25519",
+            "key_id": key.key_id,
+            "value": base64.b64encode(signature).decode("ascii"),
+        },
+    }
+
+
+def verify_document(
+    document: Mapping[str, Any],
+    public: ed25519.Ed25519PublicKey,
+    domain: str,
+    source: str,
+    noun: str,
+) -> str:
+    """Check the signature of :func:`sign_document`; return the signer's key id.
+
+    Raises:
+        SignatureError: Unsigned, signed by another key, or altered after signing.
+    """
+    # 1. There must be a signature, by the key we were given.
+    sig = document.get("signature")
+    if not isinstance(sig, Mapping):
+        raise SignatureError(f"{source}: {noun} is not signed; create it with --key")
+    expected = key_id(public)
+    if sig.get("key_id") != expected:
+        raise SignatureError(
+            f"{source}: signed by key {str(sig.get('key_id'))[:16]}, not by {expected[:16]}"
+        )
+    # 2. The signature must cover exactly the rest of the document.
+    try:
+        raw = base64.b64decode(str(sig.get("value", "")), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureError(f"{source}: signature value is not base64") from exc
+    body = {k: v for k, v in document.items() if k != "signature"}
+    try:
+        verify_signature(public, raw, signing_input(domain, body))
+    except SignatureError as exc:
+        raise SignatureError(f"{source}: {exc}; the {noun} was altered") from exc
+    return expected

@@ -10,8 +10,6 @@ cannot rewrite: he can forge a RECORD line, not our signature.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fnmatch
 import json
 import platform
@@ -24,10 +22,9 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from trainguard.core.canonical import signing_input
-from trainguard.core.errors import EnvError, SignatureError
+from trainguard.core.errors import EnvError
 from trainguard.core.findings import Finding, Severity
-from trainguard.core.keys import SigningKey, key_id, verify_signature
+from trainguard.core.keys import SigningKey, sign_document, verify_document
 from trainguard.core.progress import NULL_PROGRESS, Progress
 from trainguard.env.interpreter import Interpreter, current_interpreter
 from trainguard.env.record import find_distributions
@@ -133,16 +130,7 @@ def snapshot_environment(
 
 def sign_snapshot(snapshot: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
     """The snapshot with a ``signature`` member over everything else."""
-    body = {k: v for k, v in snapshot.items() if k != "signature"}
-    signature = key.sign(signing_input(SNAPSHOT_FORMAT, body))
-    return {
-        **body,
-        "signature": {
-            "algorithm": "ed25519",
-            "key_id": key.key_id,
-            "value": base64.b64encode(signature).decode("ascii"),
-        },
-    }
+    return sign_document(snapshot, key, SNAPSHOT_FORMAT)
 
 
 def verify_snapshot(
@@ -153,25 +141,7 @@ def verify_snapshot(
     Raises:
         SignatureError: Unsigned, signed by another key, or altered after signing.
     """
-    # 1. There must be a signature, by the key we were given.
-    sig = snapshot.get("signature")
-    if not isinstance(sig, Mapping):
-        raise SignatureError(f"{source}: snapshot is not signed; create it with --key")
-    expected = key_id(public)
-    if sig.get("key_id") != expected:
-        raise SignatureError(
-            f"{source}: signed by key {str(sig.get('key_id'))[:16]}, not by {expected[:16]}"
-        )
-    # 2. The signature must cover exactly the rest of the snapshot.
-    try:
-        raw = base64.b64decode(str(sig.get("value", "")), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SignatureError(f"{source}: signature value is not base64") from exc
-    body = {k: v for k, v in snapshot.items() if k != "signature"}
-    try:
-        verify_signature(public, raw, signing_input(SNAPSHOT_FORMAT, body))
-    except SignatureError as exc:
-        raise SignatureError(f"{source}: {exc}; the snapshot was altered") from exc
+    verify_document(snapshot, public, SNAPSHOT_FORMAT, source, "snapshot")
 
 
 def load_snapshot(path: Path, public: ed25519.Ed25519PublicKey | None = None) -> dict[str, Any]:

@@ -12,8 +12,6 @@ to hide his key; keep the private key off the host and check with the public key
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import socket
 import time
@@ -24,9 +22,8 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from trainguard.core.canonical import signing_input
-from trainguard.core.errors import HostError, SignatureError
-from trainguard.core.keys import SigningKey, key_id, verify_signature
+from trainguard.core.errors import HostError
+from trainguard.core.keys import SigningKey, sign_document, verify_document
 from trainguard.host.collect import HostEntry, collect_entries, owner_names, with_owner_names
 
 BASELINE_FORMAT: Final = "trainguard-host-baseline-v1"
@@ -74,39 +71,7 @@ def build_baseline(root: Path, setuid_paths: Iterable[str] | None = None) -> dic
 
 def sign_baseline(baseline: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
     """The baseline with a ``signature`` over everything else."""
-    body = {k: v for k, v in baseline.items() if k != "signature"}
-    signature = key.sign(signing_input(BASELINE_FORMAT, body))
-    return {
-        **body,
-        "signature": {
-            "algorithm": "ed25519",
-            "key_id": key.key_id,
-            "value": base64.b64encode(signature).decode("ascii"),
-        },
-    }
-
-
-def _verify(value: Mapping[str, Any], public: ed25519.Ed25519PublicKey, source: str) -> str:
-    # 1. Signed, and by the key we were given.
-    sig = value.get("signature")
-    if not isinstance(sig, Mapping):
-        raise SignatureError(f"{source}: baseline is not signed; create it with --key")
-    expected = key_id(public)
-    if sig.get("key_id") != expected:
-        raise SignatureError(
-            f"{source}: signed by key {str(sig.get('key_id'))[:16]}, not by {expected[:16]}"
-        )
-    # 2. The signature covers exactly the rest of the file.
-    try:
-        raw = base64.b64decode(str(sig.get("value", "")), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise SignatureError(f"{source}: signature value is not base64") from exc
-    body = {k: v for k, v in value.items() if k != "signature"}
-    try:
-        verify_signature(public, raw, signing_input(BASELINE_FORMAT, body))
-    except SignatureError as exc:
-        raise SignatureError(f"{source}: {exc}; the baseline was altered") from exc
-    return expected
+    return sign_document(baseline, key, BASELINE_FORMAT)
 
 
 def load_baseline(path: Path, public: ed25519.Ed25519PublicKey | None = None) -> Baseline:
@@ -129,7 +94,9 @@ def load_baseline(path: Path, public: ed25519.Ed25519PublicKey | None = None) ->
         raise HostError(f"{path}: not JSON; write one with `trainguard host baseline`") from exc
     if not isinstance(value, dict) or value.get("format") != BASELINE_FORMAT:
         raise HostError(f"{path}: not a {BASELINE_FORMAT} file; write one with `host baseline`")
-    signed_by = _verify(value, public, str(path)) if public is not None else None
+    signed_by = None
+    if public is not None:
+        signed_by = verify_document(value, public, BASELINE_FORMAT, str(path), "baseline")
     raw_entries = value.get("entries")
     if not isinstance(raw_entries, dict):
         raise HostError(f"{path}: baseline has no 'entries' table")
