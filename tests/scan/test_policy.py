@@ -157,3 +157,27 @@ def test_mutation_and_argument_tables() -> None:
     assert not POLICY.allows_mutation("torch._utils._rebuild_tensor_v2", "build")
     assert POLICY.check_call("_codecs.encode", ("x", "latin1")) is None
     assert POLICY.check_call("_codecs.encode", ("x", "zlib")) is not None
+
+
+def test_reason_names_the_spelling_used_whatever_the_hash_seed() -> None:
+    # Scan output must be reproducible: the reason once came from iterating a set of
+    # {name, alias}, so it read "os: ..." or "posix: ..." depending on PYTHONHASHSEED.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from trainguard.scan.policy import Policy; p = Policy.default();"
+        "print(p.classify('posix', 'system').reason); print(p.classify('_pickle', 'loads').reason)"
+    )
+    outputs = set()
+    for seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert proc.returncode == 0, proc.stderr
+        outputs.add(proc.stdout)
+    assert len(outputs) == 1
+    posix, pickle_loads = outputs.pop().splitlines()
+    assert posix.startswith("posix:") and pickle_loads.startswith("_pickle:")

@@ -5,7 +5,8 @@ a zip checkpoint costs as much as its directory and pickles, not its tensors.
 Directories are walked recursively and every regular file is scanned by content.
 Symbolic links are followed only inside the tree being scanned; a link that
 leaves it (or dangles) is reported, because a loader would follow it. Files are
-scanned in parallel processes when ``jobs > 1``; each file has a time budget,
+scanned in parallel processes when ``jobs > 1`` (``jobs=0``: one per idle core
+for large trees); each file has a time budget,
 and a file that exceeds it gets verdict ``error``.
 """
 
@@ -25,12 +26,16 @@ from trainguard.core.errors import LimitExceeded, ScanInputError
 from trainguard.core.findings import FileReport, Finding, Severity, Verdict
 from trainguard.core.progress import NULL_PROGRESS, Progress
 from trainguard.scan.formats.context import ScanContext, combine, limit
+from trainguard.scan.memo import ScanMemo
 
 if TYPE_CHECKING:
     from trainguard.core.limits import Limits
     from trainguard.scan.policy import Policy
 
 _logger = logging.getLogger(__name__)
+
+READ_WHOLE_BYTES = 1 << 20
+"""Files up to this size are read into memory; larger ones are mapped (``mmap``)."""
 
 DEFAULT_FILE_SECONDS = 120.0
 """Per-file time budget when ``Limits`` does not name one."""
@@ -73,9 +78,14 @@ def scan_path(
     limits: Limits | None = None,
     jobs: int = 1,
     progress: Progress = NULL_PROGRESS,
+    reuse: bool = True,
 ) -> list[FileReport]:
     """Scan files and directories (recursively); one report per file, in walk order.
 
+    ``jobs`` is the number of worker processes; 0 picks one per idle core when
+    there are enough files to repay starting them (:func:`auto_jobs`).
+    ``reuse`` lets files share the analysis of byte-identical pickles and metadata
+    members (:mod:`trainguard.scan.memo`); the reports are the same either way.
     Raises :class:`ScanInputError` when a named path does not exist. Problems met
     while walking (unreadable files, links leaving the tree) become reports.
     """
@@ -87,17 +97,48 @@ def scan_path(
             raise ScanInputError(f"{root}: no such file or directory; check the path")
     lim = limits if limits is not None else _default_limits()
     targets = list(_walk(roots))
-    progress.start("scanning", len(targets))
     try:
-        if jobs > 1 and sum(t.real is not None for t in targets) > 1:
-            return _scan_parallel(targets, policy, lim, jobs, progress)
+        readable = sum(t.real is not None for t in targets)
+        workers = auto_jobs(readable) if jobs == 0 else jobs
+        if workers > 1 and readable > 1:
+            return _scan_parallel(targets, policy, lim, workers, progress, reuse)
+        progress.start("scanning", len(targets))
+        memo = ScanMemo(policy, lim) if reuse else None
         reports = []
         for target in targets:
-            reports.append(_scan_target(target, policy, lim))
+            reports.append(_scan_target(target, policy, lim, memo))
             progress.advance()
         return reports
     finally:
         progress.finish()
+
+
+AUTO_MIN_FILES = 64
+"""Fewer files than this are scanned in-process: starting workers would cost more."""
+AUTO_MAX_JOBS = 8
+
+
+def auto_jobs(files: int) -> int:
+    """Worker processes for ``files`` files: one per idle core, none for a few files.
+
+    Workers only pay off on cores nothing else is using: on a busy machine the
+    scheduler does not give a job more CPU for having more processes, and starting
+    them is pure overhead (measured: slower than in-process at a load average above
+    the core count). So the count is the cores left idle by the 1-minute load
+    average, plus the one this process runs on.
+    """
+    if files < AUTO_MIN_FILES:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        idle = cores - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        idle = 0.0
+    wanted = 1 + max(0, int(idle))
+    return max(1, min(cores, wanted, AUTO_MAX_JOBS, files // (AUTO_MIN_FILES // 2)))
 
 
 # -- walking -----------------------------------------------------------------------------
@@ -200,28 +241,75 @@ def _link_outside(display: str, real: str, *, directory: bool) -> _Target:
 
 # -- scanning ----------------------------------------------------------------------------
 def _scan_parallel(
-    targets: list[_Target], policy: Policy | None, lim: Limits, jobs: int, progress: Progress
+    targets: list[_Target],
+    policy: Policy | None,
+    lim: Limits,
+    jobs: int,
+    progress: Progress,
+    reuse: bool,
 ) -> list[FileReport]:
+    """Scan in worker processes, a chunk of files per task and one memo per worker.
+
+    Chunks keep the per-task pickling and scheduling cost off each small file; a
+    worker's memo serves every chunk it runs, as in a sequential scan.
+    """
     from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
     reports: list[FileReport | None] = [None] * len(targets)
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        futures: dict[Future[FileReport], int] = {}
-        for index, target in enumerate(targets):
-            if target.real is None:
-                reports[index] = _scan_target(target, policy, lim)
-                progress.advance()
-                continue
-            futures[pool.submit(_scan_target, target, policy, lim)] = index
+    todo: list[int] = []
+    for index, target in enumerate(targets):
+        if target.real is None:
+            reports[index] = _scan_target(target, policy, lim)
+        else:
+            todo.append(index)
+    size = max(1, min(_MAX_CHUNK, len(todo) // (jobs * 4)))
+    chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(chunks)),
+        initializer=_worker_init,
+        initargs=(policy, lim, reuse),
+    ) as pool:
+        futures: dict[Future[list[FileReport]], list[int]] = {
+            pool.submit(_scan_chunk, [targets[i] for i in chunk]): chunk for chunk in chunks
+        }
+        # Only now: the workers are forked at the first submit, and a progress bar may
+        # run a thread, which must not exist when a process forks.
+        progress.start("scanning", len(targets))
+        progress.advance(len(targets) - len(todo))
         for future in as_completed(futures):
-            index = futures[future]
+            chunk = futures[future]
             try:
-                reports[index] = future.result()
-            except Exception as exc:  # noqa: BLE001 - a crashed worker must not lose the file
-                target = targets[index]
-                reports[index] = _error_report(target.display, f"scanner worker failed: {exc}")
-            progress.advance()
+                done = future.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker must not lose the files
+                done = [
+                    _error_report(targets[i].display, f"scanner worker failed: {exc}")
+                    for i in chunk
+                ]
+            for index, report in zip(chunk, done, strict=True):
+                reports[index] = report
+                progress.advance()
     return [r for r in reports if r is not None]
+
+
+_MAX_CHUNK = 32
+"""Most files one parallel task scans."""
+_WORKER_STATE: list[tuple[Policy | None, Limits, ScanMemo | None]] = []
+"""Set once per worker process by :func:`_worker_init`."""
+
+
+def _worker_init(policy: Policy | None, lim: Limits, reuse: bool) -> None:
+    _WORKER_STATE[:] = [(policy, lim, ScanMemo(policy, lim) if reuse else None)]
+
+
+def _scan_chunk(chunk: list[_Target]) -> list[FileReport]:
+    policy, lim, memo = _WORKER_STATE[0]
+    reports = []
+    for target in chunk:
+        try:
+            reports.append(_scan_target(target, policy, lim, memo))
+        except Exception as exc:  # noqa: BLE001 - one file's crash must not lose the others
+            reports.append(_error_report(target.display, f"scanner worker failed: {exc}"))
+    return reports
 
 
 def _error_report(path: str, message: str, rule: str = "scan.internal_error") -> FileReport:
@@ -229,11 +317,13 @@ def _error_report(path: str, message: str, rule: str = "scan.internal_error") ->
     return FileReport(path=path, format="unknown", verdict=Verdict.ERROR, findings=(finding,))
 
 
-def _scan_target(target: _Target, policy: Policy | None, lim: Limits) -> FileReport:
+def _scan_target(
+    target: _Target, policy: Policy | None, lim: Limits, memo: ScanMemo | None = None
+) -> FileReport:
     if target.real is None:
         findings = (target.finding,) if target.finding is not None else ()
         return FileReport(target.display, "none", target.verdict, findings)
-    report = _scan_file(target.display, target.real, policy, lim)
+    report = _scan_file(target.display, target.real, policy, lim, memo)
     if target.outside:
         extra = _link_outside(target.display, target.real, directory=False).finding
         assert extra is not None
@@ -242,7 +332,9 @@ def _scan_target(target: _Target, policy: Policy | None, lim: Limits) -> FileRep
     return report
 
 
-def _scan_file(display: str, real: str, policy: Policy | None, lim: Limits) -> FileReport:
+def _scan_file(
+    display: str, real: str, policy: Policy | None, lim: Limits, memo: ScanMemo | None
+) -> FileReport:
     try:
         with open(real, "rb") as handle:
             info = os.fstat(handle.fileno())
@@ -256,18 +348,23 @@ def _scan_file(display: str, real: str, policy: Policy | None, lim: Limits) -> F
                     "limit.file_size",
                 )
             if info.st_size == 0:
-                return _scan_view(memoryview(b""), display, policy, lim, None)
+                return _scan_view(memoryview(b""), display, policy, lim, None, memo)
+            if info.st_size <= READ_WHOLE_BYTES:
+                # One read() is cheaper than mapping: every page of a small zip is touched
+                # anyway (end-record search), and a mapping costs a fault per page.
+                data = memoryview(handle.read())
+                return _scan_view(data, display, policy, lim, None, memo)
             try:
                 mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
                 data = memoryview(handle.read())
-                return _scan_view(data, display, policy, lim, None)
+                return _scan_view(data, display, policy, lim, None, memo)
     except OSError as exc:
         return _error_report(
             display, f"cannot read the file: {exc.strerror or exc}", "scan.unreadable"
         )
     try:
-        return _scan_view(memoryview(mapped), display, policy, lim, None)
+        return _scan_view(memoryview(mapped), display, policy, lim, None, memo)
     finally:
         try:
             mapped.close()
@@ -277,7 +374,12 @@ def _scan_file(display: str, real: str, policy: Policy | None, lim: Limits) -> F
 
 
 def _scan_view(
-    data: memoryview, name: str, policy: Policy | None, lim: Limits, seconds: float | None
+    data: memoryview,
+    name: str,
+    policy: Policy | None,
+    lim: Limits,
+    seconds: float | None,
+    memo: ScanMemo | None = None,
 ) -> FileReport:
     from trainguard.scan.formats.dispatch import scan_buffer
 
@@ -286,7 +388,9 @@ def _scan_view(
         if seconds is not None
         else float(getattr(lim, "time_budget_s", None) or DEFAULT_FILE_SECONDS)
     )
-    ctx = ScanContext(path=name, limits=lim, policy=policy, deadline=time.monotonic() + budget)
+    ctx = ScanContext(
+        path=name, limits=lim, policy=policy, deadline=time.monotonic() + budget, memo=memo
+    )
     fmt = "unknown"
     try:
         fmt = scan_buffer(ctx, data, member=None)

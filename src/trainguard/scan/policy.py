@@ -982,7 +982,9 @@ class Policy:
     @staticmethod
     def _danger_path(parts: list[str], walked: bool = False) -> Classification | None:
         for prefix in _prefixes(parts):
-            for candidate in {prefix, _alias(prefix)}:
+            # the name as written first, then its alias: a dict keeps that order (a set
+            # would make the reason text depend on the interpreter's hash seed)
+            for candidate in dict.fromkeys((prefix, _alias(prefix))):
                 reason = DANGEROUS_MODULES.get(candidate) or DANGEROUS_CALLABLES.get(candidate)
                 if reason is not None:
                     if walked:

@@ -67,13 +67,33 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--jobs",
-        type=int,
-        default=int(os.environ.get("TRAINGUARD_JOBS", "1")),
+        type=_jobs,
+        default=os.environ.get("TRAINGUARD_JOBS", "auto"),
         metavar="N",
-        help="scan N files in parallel processes (default: 1)",
+        help="scan N files in parallel processes; 'auto' (the default, or TRAINGUARD_JOBS) "
+        "uses one per idle core when there are at least 64 files",
+    )
+    parser.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="analyse every file from scratch instead of reusing the analysis of "
+        "byte-identical pickles within this run (same results, slower; for comparison)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
+
+
+def _jobs(text: str) -> int:
+    """``--jobs`` value: a count of at least 1, or ``auto`` (0 for the library)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--jobs must be at least 1 (or 'auto')")
+    return value
 
 
 def load_allow_config(path: str) -> list[str]:
@@ -110,23 +130,22 @@ def _validate_allow(names: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Scan, render, and map verdicts to the exit code."""
-    from trainguard.cli.console import err_console, make_progress
+    from trainguard.cli.console import make_progress
     from trainguard.cli.output import dump_json, write_result
-    from trainguard.core.errors import UsageError
     from trainguard.core.exitcodes import EXIT_FINDINGS, EXIT_OK
     from trainguard.core.findings import Verdict, scan_summary
     from trainguard.scan import scan_path
     from trainguard.scan.policy import Policy
 
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     allow = list(args.allow)
     if args.config:
         allow += load_allow_config(args.config)
     policy = Policy.default(extra_allow=tuple(_validate_allow(allow)))
     many = len(args.paths) > 1 or any(Path(p).is_dir() for p in args.paths)
     progress = make_progress(args.no_progress or not many)
-    reports = scan_path(args.paths, policy=policy, jobs=args.jobs, progress=progress)
+    reports = scan_path(
+        args.paths, policy=policy, jobs=args.jobs, progress=progress, reuse=not args.no_reuse
+    )
     fail_on = Verdict(args.fail_on)
     summary = scan_summary(reports)
     if args.format == "json":
@@ -142,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         text = _render_text(reports)
         if text or args.output:
             write_result(text, args.output)
-    _print_summary(err_console(), reports, summary)
+    _print_summary(reports, summary)
     failed = any(r.verdict.fails(fail_on) for r in reports)
     return EXIT_FINDINGS if failed else EXIT_OK
 
@@ -187,8 +206,9 @@ def _render_text(reports: list[FileReport]) -> str:
     return console.export_text()
 
 
-def _print_summary(console: Any, reports: list[FileReport], summary: dict[str, int]) -> None:
+def _print_summary(reports: list[FileReport], summary: dict[str, int]) -> None:
+    """One plain line on stderr (no rich import: it costs more start-up than a small scan)."""
+    import sys
+
     parts = ", ".join(f"{count} {verdict}" for verdict, count in summary.items() if count)
-    console.print(
-        f"scanned {len(reports)} file(s): {parts or 'nothing'}", highlight=False, markup=False
-    )
+    print(f"scanned {len(reports)} file(s): {parts or 'nothing'}", file=sys.stderr, flush=True)

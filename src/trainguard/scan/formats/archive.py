@@ -15,11 +15,9 @@ weight integrity is the manifest's job (``trainguard manifest``).
 
 from __future__ import annotations
 
-import bz2
 import io
-import lzma
+import mmap
 import struct
-import tarfile
 import zlib
 from typing import Any, Final
 
@@ -27,6 +25,7 @@ from trainguard.core.errors import LimitExceeded
 from trainguard.core.findings import Severity, Verdict
 from trainguard.scan.formats.context import ScanContext, limit
 from trainguard.scan.formats.zipreader import EOCD_SIG, LOCAL_SIG, ZipArchive, ZipEntry, crc_ok
+from trainguard.scan.memo import MEMBER_MAX_BYTES, MemberResult, digest
 from trainguard.scan.sniff import SNIFF_BYTES, Kind, sniff
 
 _SMALL_MEMBER: Final = 1 << 20
@@ -81,7 +80,8 @@ def scan_zip(ctx: ScanContext, data: memoryview, *, member: str | None, base_off
     from trainguard.scan.formats.dispatch import scan_buffer
     from trainguard.scan.formats.torch_zip import TorchZip
 
-    segments = split_concatenated(data) if _has_inner_eocd(data) else []
+    free = _signature_free(data)
+    segments = split_concatenated(data) if free is None else []
     if segments:
         for start, end in segments:
             child = ctx.nested(_join(member, f"@{start}"))
@@ -89,7 +89,9 @@ def scan_zip(ctx: ScanContext, data: memoryview, *, member: str | None, base_off
         ctx.verdict(Verdict.SAFE)
         return "zip-concatenation"
 
-    archive = ZipArchive(data, max_entries=limit(ctx.limits, "max_archive_entries", 100_000))
+    archive = ZipArchive(
+        data, max_entries=limit(ctx.limits, "max_archive_entries", 100_000), signature_free=free
+    )
     for issue in archive.issues:
         where = issue.member if issue.member is None else _join(member, issue.member)
         ctx.report(
@@ -125,12 +127,23 @@ def scan_zip(ctx: ScanContext, data: memoryview, *, member: str | None, base_off
     return fmt
 
 
-def _has_inner_eocd(data: memoryview) -> bool:
-    """Cheap pre-check: an end record before the last 22 bytes (reads at most the tail)."""
-    tail_start = max(0, len(data) - (1 << 16) - 22)
-    return EOCD_SIG in bytes(data[tail_start : len(data) - 22]) or (
-        len(data) < (1 << 20) and EOCD_SIG in bytes(data[: len(data) - 22])
-    )
+def _signature_free(data: memoryview) -> tuple[int, int] | None:
+    """Cheap pre-check for an end record before the last 22 bytes (reads at most the tail).
+
+    Returns the range searched when it holds none (the zip reader then skips it when
+    looking for the end record), or None when there is one: the buffer may be several
+    zips back to back.
+    """
+    size = len(data)
+    start = 0 if size < (1 << 20) else max(0, size - (1 << 16) - 22)
+    end = max(0, size - 22)
+    whole = data.obj if isinstance(data, memoryview) else data
+    if isinstance(whole, bytes | mmap.mmap) and len(whole) == size and data.contiguous:
+        # rfind: same answer as find, and measurably faster on tensor bytes
+        found = whole.rfind(EOCD_SIG, start, end) >= 0  # searched in place, no copy
+    else:
+        found = bytes(data[start:end]).rfind(EOCD_SIG) >= 0
+    return None if found else (start, end)
 
 
 def _join(outer: str | None, inner: str) -> str:
@@ -212,20 +225,47 @@ def _scan_member(
     from trainguard.scan.formats.dispatch import scan_buffer
 
     ctx.check_deadline()
-    head = archive.head(entry, SNIFF_BYTES)
-    kind = sniff(head, entry.file_size)
-    if kind in (Kind.DATA, Kind.EMPTY) and entry.file_size > _SMALL_MEMBER:
-        return kind
-    content = read_member(ctx, archive, entry, member=member)
+    if entry.method == 0 and entry.file_size <= _SMALL_MEMBER:
+        # A small stored member is read whatever it holds; its head is its first bytes.
+        content = read_member(ctx, archive, entry, member=member)
+        head = (
+            bytes(content[:SNIFF_BYTES])
+            if content is not None
+            else archive.head(entry, SNIFF_BYTES)
+        )
+        kind = sniff(head, entry.file_size)
+    else:
+        head = archive.head(entry, SNIFF_BYTES)
+        kind = sniff(head, entry.file_size)
+        if kind in (Kind.DATA, Kind.EMPTY) and entry.file_size > _SMALL_MEMBER:
+            return kind
+        content = read_member(ctx, archive, entry, member=member)
     if content is None or kind in (Kind.DATA, Kind.EMPTY):
         return kind
     offset = base_offset + entry.data_offset if entry.method == 0 else 0
+    memo = ctx.usable_memo() if len(content) <= MEMBER_MAX_BYTES else None
+    depth = ctx.depth + 1
+    key = b""
+    if memo is not None and depth <= limit(ctx.limits, "max_archive_depth", 5):
+        key = digest(content)
+        replay = memo.member(key, depth)
+        if replay is not None:
+            ctx.verdicts.extend(replay.verdicts)
+            ctx.formats.extend(replay.formats)
+            return kind
     try:
         child = ctx.nested(_join(member, entry.name))
     except LimitExceeded as exc:
         _limit_finding(ctx, exc, member=_join(member, entry.name))
         return kind
+    if not key or memo is None:
+        scan_buffer(child, content, member=None, base_offset=offset)
+        return kind
+    marks = (len(ctx.findings), len(ctx.verdicts), len(ctx.formats), ctx.budget.unpacked)
     scan_buffer(child, content, member=None, base_offset=offset)
+    if len(ctx.findings) == marks[0] and ctx.budget.unpacked == marks[3]:
+        verdicts = tuple(ctx.verdicts[marks[1] :])
+        memo.store_member(key, depth, MemberResult(verdicts, tuple(ctx.formats[marks[2] :])))
     return kind
 
 
@@ -236,7 +276,11 @@ def _decompressor(kind: Kind) -> Any:
     if kind is Kind.ZLIB:
         return zlib.decompressobj(15)
     if kind is Kind.BZIP2:
+        import bz2
+
         return bz2.BZ2Decompressor()
+    import lzma  # imported on use: most scans never meet an xz or lzma stream
+
     if kind is Kind.XZ:
         return lzma.LZMADecompressor(lzma.FORMAT_XZ)
     return lzma.LZMADecompressor(lzma.FORMAT_ALONE)
@@ -287,6 +331,8 @@ def _has_tail(engine: Any) -> bool:
 
 def scan_compressed(ctx: ScanContext, kind: Kind, data: memoryview, *, member: str | None) -> str:
     """A gzip/bz2/xz/lzma/zlib wrapper: inflate within limits and scan the content."""
+    import lzma
+
     from trainguard.scan.formats.dispatch import scan_buffer
 
     name = member or "(stream)"
@@ -368,6 +414,8 @@ class _MemoryFile(io.RawIOBase):
 
 def scan_tar(ctx: ScanContext, data: memoryview, *, member: str | None) -> str:
     """A tar archive: the legacy PyTorch tar layout, or any tar, member by member."""
+    import tarfile
+
     from trainguard.scan.formats.dispatch import scan_buffer
 
     members: dict[str, tuple[memoryview, int]] = {}

@@ -20,6 +20,7 @@ from trainguard.core.findings import Finding, Severity, Verdict
 
 if TYPE_CHECKING:
     from trainguard.core.limits import Limits
+    from trainguard.scan.memo import ScanMemo
     from trainguard.scan.picklevm import PickleResult, StreamResult
     from trainguard.scan.policy import Policy
 
@@ -89,6 +90,8 @@ class ScanContext:
     budget: Budget = field(default_factory=Budget)
     formats: list[str] = field(default_factory=list)
     """Formats recognised inside this file, outermost first (for the report)."""
+    memo: ScanMemo | None = None
+    """Results reused across the files of one run (:mod:`trainguard.scan.memo`)."""
 
     # -- reporting -----------------------------------------------------------------------
     def member(self, name: str | None) -> str | None:
@@ -151,7 +154,13 @@ class ScanContext:
             verdicts=self.verdicts,
             budget=self.budget,
             formats=self.formats,
+            memo=self.memo,
         )
+
+    def usable_memo(self) -> ScanMemo | None:
+        """The run's memo when it was made under this scan's policy and limits."""
+        memo = self.memo
+        return memo if memo is not None and memo.serves(self.policy, self.limits) else None
 
     def check_deadline(self) -> None:
         """Raise :class:`LimitExceeded` once the per-file time budget is spent."""

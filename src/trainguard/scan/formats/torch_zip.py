@@ -11,6 +11,10 @@ storages are checked against what ``data.pkl`` declares (present, at least
 directory sizes alone, so scanning a 100 GB checkpoint reads a few kilobytes.
 A tensor whose size, stride and offset reach outside its storage is the shape
 of the weights-only unpickler memory corruption (CVE-2026-24747) and is reported.
+
+Checkpoints of one model share ``data.pkl`` byte for byte, so within one run its
+analysis is done once and replayed for the others (:mod:`trainguard.scan.memo`);
+everything that depends on the rest of the archive is checked for every file.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Final
 from trainguard.core.findings import Severity, Verdict
 from trainguard.scan.formats.context import ScanContext
 from trainguard.scan.formats.zipreader import ZipArchive, ZipEntry
+from trainguard.scan.memo import PickleSummary, TensorGeometry
 
 ITEMSIZE: Final = {
     "float64": 8,
@@ -140,8 +145,10 @@ class TorchZip:
         from trainguard.scan.formats.archive import read_member
 
         fmt = "torch-zip"
-        names = [e.name for e in self.archive.entries]
-        if any(marker in f"/{n}" for n in names for marker in _TORCHSCRIPT_MARKERS):
+        # One string "/name1\n/name2...": no marker holds a newline, so a marker occurs in
+        # it exactly when it occurs in some "/name".
+        names = "/" + "\n/".join(e.name for e in self.archive.entries)
+        if any(marker in names for marker in _TORCHSCRIPT_MARKERS):
             fmt = "torchscript"
             ctx.report(
                 "torch.torchscript",
@@ -158,18 +165,18 @@ class TorchZip:
             return fmt
         pkl_name = _join(member, self.pickle_entry.name)
         offset = base_offset + self.pickle_entry.data_offset if self.pickle_entry.method == 0 else 0
-        result = ctx.pickle(content, member=pkl_name, base_offset=offset)
-        if result.complete and result.end < len(content):
+        summary = _summary(ctx, content, pkl_name, offset)
+        if summary.complete and summary.end < len(content):
             ctx.report(
                 "torch.trailing_pickle_data",
                 Severity.MEDIUM,
                 Verdict.UNKNOWN,
-                f"{len(content) - result.end} bytes follow the STOP of data.pkl",
+                f"{len(content) - summary.end} bytes follow the STOP of data.pkl",
                 member=pkl_name,
             )
         self._check_metadata(ctx, member)
-        if result.complete and fmt == "torch-zip":
-            self._check_storages(ctx, result, member)
+        if summary.complete and fmt == "torch-zip":
+            self._check_storages(ctx, summary, member)
         return fmt
 
     def _check_metadata(self, ctx: ScanContext, member: str | None) -> None:
@@ -190,33 +197,33 @@ class TorchZip:
                     member=_join(member, entry.name),
                 )
 
-    def _check_storages(self, ctx: ScanContext, result: Any, member: str | None) -> None:
-        from trainguard.scan.picklevm import storage_refs, torch_tensor_refs
-
+    def _check_storages(self, ctx: ScanContext, summary: PickleSummary, member: str | None) -> None:
+        """Every storage present and big enough; every tensor view inside its storage."""
+        by_name: dict[str, ZipEntry] = {}
+        for candidate in self.archive.entries:
+            by_name.setdefault(candidate.name, candidate)
+        prefix = f"{self.root}/data/"
         storages: dict[str, int] = {}
-        for ref in storage_refs(result):
-            key = ref.key
-            itemsize = itemsize_of(getattr(ref, "dtype", None))
-            numel = getattr(ref, "numel", None)
-            entry = self._entry(f"data/{key}")
-            where = _join(member, f"{self.root}/data/{key}")
+        handled = self.handled
+        for key, itemsize, numel, dtype in summary.storages:
+            entry = by_name.get(prefix + key)
             if entry is None:
                 ctx.report(
                     "torch.missing_storage",
                     Severity.HIGH,
                     Verdict.ERROR,
                     f"data.pkl references storage {key!r} but the archive has no such member",
-                    member=where,
+                    member=_join(member, prefix + key),
                 )
                 continue
-            self.handled.add(id(entry))
+            handled.add(id(entry))
             if itemsize is None or not isinstance(numel, int):
                 ctx.report(
                     "torch.storage_type",
                     Severity.MEDIUM,
                     Verdict.UNKNOWN,
-                    f"storage {key!r} has an unrecognised type {getattr(ref, 'dtype', None)!r}",
-                    member=where,
+                    f"storage {key!r} has an unrecognised type {dtype}",
+                    member=_join(member, prefix + key),
                 )
                 continue
             if numel * itemsize > entry.file_size:
@@ -226,39 +233,125 @@ class TorchZip:
                     Verdict.MALICIOUS,
                     f"storage {key!r} declares {numel} elements ({numel * itemsize} bytes) but "
                     f"the member holds {entry.file_size} bytes",
-                    member=where,
+                    member=_join(member, prefix + key),
                 )
-            storages[str(key)] = numel
-        for name, tensor in torch_tensor_refs(result.root).items():
-            key = str(getattr(tensor, "storage_key", ""))
-            numel = getattr(tensor, "storage_numel", None) or storages.get(key)
-            shape = tuple(getattr(tensor, "shape", ()) or ())
-            stride = tuple(getattr(tensor, "stride", ()) or ())
-            offset = getattr(tensor, "storage_offset", 0) or 0
-            if not isinstance(numel, int) or not _ints(shape) or not _ints(stride):
-                continue
-            if not isinstance(offset, int) or len(shape) != len(stride):
-                ctx.report(
-                    "torch.tensor_geometry",
-                    Severity.HIGH,
-                    Verdict.MALICIOUS,
-                    f"tensor {name!r} has inconsistent size/stride/offset",
-                    member=_join(member, self.pickle_entry.name),
-                )
-                continue
-            if any(d == 0 for d in shape):
-                continue
-            last = offset + sum((d - 1) * s for d, s in zip(shape, stride, strict=True))
-            if offset < 0 or any(s < 0 for s in stride) or last >= numel:
-                ctx.report(
+            storages[key] = numel
+        pkl_member = _join(member, self.pickle_entry.name)
+        problems = summary.problems
+        if problems is None:
+            problems = tuple(geometry_problems(summary.tensors, storages))
+        for rule, message in problems:
+            ctx.report(rule, Severity.HIGH, Verdict.MALICIOUS, message, member=pkl_member)
+
+
+def tensor_geometry(root: Any) -> tuple[TensorGeometry, ...]:
+    """The geometry of every tensor reachable from a ``data.pkl`` root, in walk order."""
+    from trainguard.scan.picklevm import torch_tensor_refs
+
+    return tuple(
+        (
+            name,
+            str(getattr(tensor, "storage_key", "")),
+            getattr(tensor, "storage_numel", None),
+            tuple(getattr(tensor, "shape", ()) or ()),
+            tuple(getattr(tensor, "stride", ()) or ()),
+            getattr(tensor, "storage_offset", 0) or 0,
+        )
+        for name, tensor in torch_tensor_refs(root).items()
+    )
+
+
+def geometry_problems(
+    tensors: tuple[TensorGeometry, ...], storages: dict[str, int]
+) -> list[tuple[str, str]]:
+    """``(rule, message)`` for every tensor view that is inconsistent or leaves its storage.
+
+    ``storages`` maps the keys of storages present in the archive to their element
+    count; it is consulted only for a tensor whose persistent id records none.
+    """
+    problems: list[tuple[str, str]] = []
+    for name, key, storage_numel, shape, stride, offset in tensors:
+        numel = storage_numel or storages.get(key)
+        if not isinstance(numel, int) or not _ints(shape) or not _ints(stride):
+            continue
+        if not isinstance(offset, int) or len(shape) != len(stride):
+            problems.append(
+                ("torch.tensor_geometry", f"tensor {name!r} has inconsistent size/stride/offset")
+            )
+            continue
+        if any(d == 0 for d in shape):
+            continue
+        last = offset + sum((d - 1) * s for d, s in zip(shape, stride, strict=True))
+        if offset < 0 or any(s < 0 for s in stride) or last >= numel:
+            problems.append(
+                (
                     "torch.tensor_out_of_bounds",
-                    Severity.HIGH,
-                    Verdict.MALICIOUS,
                     f"tensor {name!r} (offset {offset}, size {shape}, stride {stride}) reaches "
                     f"element {last} of a {numel}-element storage: an out-of-bounds view "
                     "(CVE-2026-24747 class)",
-                    member=_join(member, self.pickle_entry.name),
                 )
+            )
+    return problems
+
+
+def _summary(ctx: ScanContext, content: memoryview, pkl_name: str, offset: int) -> PickleSummary:
+    """Analyse ``data.pkl`` (or replay the run's analysis of the same bytes) and adopt it."""
+    from trainguard.scan.memo import digest
+
+    memo = ctx.usable_memo()
+    full_member = ctx.member(pkl_name)
+    key = digest(content) if memo is not None else b""
+    summary = memo.pickle(key, full_member, offset) if memo is not None else None
+    if summary is None:
+        summary = _analyse(ctx, content, full_member, offset)
+        if memo is not None:
+            memo.store_pickle(key, summary)
+    else:
+        ctx.check_deadline()
+    ctx.adopt(summary.findings, summary.verdict)
+    return summary
+
+
+def _analyse(
+    ctx: ScanContext, content: memoryview, full_member: str | None, offset: int
+) -> PickleSummary:
+    """Run the machine and keep only what the checks need, so a summary stays small."""
+    from trainguard.scan.picklevm import analyze_pickle, storage_refs
+
+    ctx.check_deadline()
+    result = analyze_pickle(
+        content,
+        member=full_member,
+        policy=ctx.policy,
+        limits=ctx.limits,
+        base_offset=offset,
+        deadline=ctx.deadline,
+    )
+    tensors = tensor_geometry(result.root) if result.complete else ()
+    # Only a tensor whose persistent id records no element count looks at the storages
+    # present in the archive; without one the problems are a function of data.pkl alone.
+    standalone = all(t[2] for t in tensors)
+    return PickleSummary(
+        member=full_member,
+        base_offset=offset,
+        complete=result.complete,
+        end=result.end,
+        findings=result.findings,
+        verdict=result.verdict,
+        storages=tuple(
+            (
+                str(ref.key),
+                itemsize_of(getattr(ref, "dtype", None)),
+                getattr(ref, "numel", None),
+                repr(getattr(ref, "dtype", None)),
+            )
+            for ref in storage_refs(result)
+        ),
+        # Kept only when the problems must be worked out per file (memory: one record
+        # per tensor would otherwise stay in the run's memo for nothing).
+        tensors=() if standalone else tensors,
+        problems=tuple(geometry_problems(tensors, {})) if standalone else None,
+    )
 
 
 def _ints(values: tuple[Any, ...]) -> bool:

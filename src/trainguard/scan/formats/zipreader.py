@@ -18,8 +18,7 @@ directory. The buffer is usually an ``mmap``: untouched pages are never read.
 
 from __future__ import annotations
 
-import bz2
-import lzma
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -40,12 +39,20 @@ _ZIP64_LOCATOR = struct.Struct("<4sIQI")
 _ZIP64_EOCD = struct.Struct("<4sQHHIIQQQQ")
 _CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
+_CENTRAL_FIELDS = struct.Struct("<4s4xHH4xIIIHHH8xI")
+"""The central header fields the reader uses (same layout as ``_CENTRAL``)."""
+_LOCAL_FIELDS = struct.Struct("<4s2xHH4xIIIHH")
+"""The local header fields the checks compare: sig, flags, method, crc, sizes, lengths."""
+_DESCRIPTOR = struct.Struct("<III")
+_DESCRIPTOR_WIDE = struct.Struct("<IQQ")
 
 FLAG_ENCRYPTED: Final = 0x0001
 FLAG_DESCRIPTOR: Final = 0x0008
 FLAG_PATCHED: Final = 0x0020
 FLAG_STRONG_ENCRYPTION: Final = 0x0040
 FLAG_UTF8: Final = 0x0800
+
+_SUSPICIOUS_FLAGS: Final = FLAG_ENCRYPTED | FLAG_PATCHED | FLAG_STRONG_ENCRYPTION
 
 METHOD_STORED: Final = 0
 METHOD_DEFLATED: Final = 8
@@ -115,8 +122,20 @@ def _decode_name(raw: bytes, flags: int) -> str:
 class ZipArchive:
     """A parsed zip: entries in central-directory order plus every issue found."""
 
-    def __init__(self, data: memoryview, *, max_entries: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        data: memoryview,
+        *,
+        max_entries: int = 1_000_000,
+        signature_free: tuple[int, int] | None = None,
+    ) -> None:
+        """Parse ``data``.
+
+        ``signature_free`` is a range ``[lo, hi)`` the caller already searched and found
+        to hold no complete end-record signature, so the end-record search skips it.
+        """
         self.data = data
+        self._signature_free = signature_free
         self.size = len(data)
         self.entries: list[ZipEntry] = []
         self.hidden: list[ZipEntry] = []
@@ -129,6 +148,14 @@ class ZipArchive:
         """True when a central directory was found and parsed."""
         self._max_entries = max_entries
         self._other_eocds: list[int] = []
+        base = data.obj if isinstance(data, memoryview) else data
+        self._whole: bytes | mmap.mmap | None = (
+            base
+            if isinstance(base, bytes | mmap.mmap) and len(base) == self.size and data.contiguous
+            else None
+        )
+        """The buffer under ``data`` when ``data`` covers all of it: slicing it gives bytes
+        in one step and its ``find``/``rfind`` search in place."""
         self._parse()
 
     # -- reporting -----------------------------------------------------------------------
@@ -148,19 +175,32 @@ class ZipArchive:
     def _bytes(self, start: int, length: int) -> bytes:
         if start < 0 or length < 0 or start + length > self.size:
             return b""
+        whole = self._whole
+        if whole is not None:
+            return whole[start : start + length]
         return bytes(self.data[start : start + length])
 
     # -- end records ---------------------------------------------------------------------
     def _find_eocd(self) -> int:
         """Offset of the end record miniz and CPython would both use, or -1."""
         tail_start = max(0, self.size - (_EOCD.size + _MAX_COMMENT))
-        tail = bytes(self.data[tail_start:])
+        tail: bytes | mmap.mmap
+        if self._whole is not None:
+            tail, base = self._whole, 0  # searched in place
+        else:
+            tail, base = bytes(self.data[tail_start:]), tail_start
+        first = tail_start
+        if self._signature_free is not None:
+            free_lo, free_hi = self._signature_free
+            if free_lo <= tail_start < free_hi:
+                # no signature lies wholly in [tail_start, free_hi): only later starts remain
+                first = max(tail_start, free_hi - len(EOCD_SIG) + 1)
         candidates: list[int] = []
-        pos = tail.rfind(EOCD_SIG)
+        pos = tail.rfind(EOCD_SIG, first - base)
         while pos >= 0:
-            if tail_start + pos + _EOCD.size <= self.size:
-                candidates.append(tail_start + pos)
-            pos = tail.rfind(EOCD_SIG, 0, pos)
+            if base + pos + _EOCD.size <= self.size:
+                candidates.append(base + pos)
+            pos = tail.rfind(EOCD_SIG, first - base, pos)
         if not candidates:
             return -1
         self._other_eocds = [c for c in candidates[1:] if self._plausible_eocd(c)]
@@ -374,32 +414,26 @@ class ZipArchive:
         end = start + cd_size
         seen: dict[bytes, int] = {}
         index = 0
-        while pos + 4 <= self.size and self._bytes(pos, 4) == CENTRAL_SIG:
-            raw = self._bytes(pos, _CENTRAL.size)
-            if len(raw) < _CENTRAL.size:
+        data = self.data
+        whole = self._whole
+        size = self.size
+        central_size = _CENTRAL.size
+        unpack = _CENTRAL_FIELDS.unpack_from
+        entries = self.entries
+        max_entries = self._max_entries
+        while pos + central_size <= size:
+            sig, flags, method, crc, csize, usize, nlen, elen, clen, local_offset = unpack(
+                data, pos
+            )
+            if sig != CENTRAL_SIG:
                 break
-            (
-                _,
-                _,
-                _,
-                flags,
-                method,
-                _,
-                _,
-                crc,
-                csize,
-                usize,
-                nlen,
-                elen,
-                clen,
-                _,
-                _,
-                _,
-                local_offset,
-            ) = _CENTRAL.unpack(raw)
-            name_start = pos + _CENTRAL.size
-            raw_name = self._bytes(name_start, nlen)
-            extra = self._bytes(name_start + nlen, elen)
+            name_start = pos + central_size
+            if whole is not None and name_start + nlen + elen <= size:
+                raw_name = whole[name_start : name_start + nlen]
+                extra = whole[name_start + nlen : name_start + nlen + elen] if elen else b""
+            else:
+                raw_name = self._bytes(name_start, nlen)
+                extra = self._bytes(name_start + nlen, elen) if elen else b""
             if len(raw_name) != nlen or len(extra) != elen:
                 self._issue(
                     "zip.truncated",
@@ -409,18 +443,12 @@ class ZipArchive:
                     offset=pos,
                 )
                 break
-            name = _decode_name(raw_name, flags)
-            usize, csize, local_offset = _apply_zip64_extra(extra, usize, csize, local_offset)
+            # ASCII decodes the same under cp437 and UTF-8: skip the codec lookup.
+            name = raw_name.decode("ascii") if raw_name.isascii() else _decode_name(raw_name, flags)
+            if 0xFFFFFFFF in (usize, csize, local_offset):
+                usize, csize, local_offset = _apply_zip64_extra(extra, usize, csize, local_offset)
             entry = ZipEntry(
-                name=name,
-                raw_name=raw_name,
-                index=index,
-                header_offset=local_offset + shift,
-                method=method,
-                flags=flags,
-                crc=crc,
-                compress_size=csize,
-                file_size=usize,
+                name, raw_name, index, local_offset + shift, method, flags, crc, csize, usize
             )
             if raw_name in seen:
                 self._issue(
@@ -436,7 +464,9 @@ class ZipArchive:
                 )
             else:
                 seen[raw_name] = index
-            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            if name[:1] in ("/", "\\") or (
+                ".." in name and ".." in name.replace("\\", "/").split("/")
+            ):
                 self._issue(
                     "zip.path_traversal",
                     Severity.MEDIUM,
@@ -445,10 +475,10 @@ class ZipArchive:
                     member=name,
                     offset=pos,
                 )
-            self.entries.append(entry)
+            entries.append(entry)
             index += 1
             pos = name_start + nlen + elen + clen
-            if index > self._max_entries:
+            if index > max_entries:
                 self._issue(
                     "limit.archive_entries",
                     Severity.HIGH,
@@ -476,18 +506,76 @@ class ZipArchive:
 
     # -- local headers -------------------------------------------------------------------
     def _read_local(self, offset: int) -> tuple[int, int, int, int, int, int, bytes, bytes] | None:
-        raw = self._bytes(offset, _LOCAL.size)
-        if len(raw) < _LOCAL.size or raw[:4] != LOCAL_SIG:
+        if offset < 0 or offset + _LOCAL.size > self.size:
             return None
-        _, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack(raw)
-        name = self._bytes(offset + _LOCAL.size, nlen)
-        extra = self._bytes(offset + _LOCAL.size + nlen, elen)
-        if len(name) != nlen or len(extra) != elen:
+        sig, _, flags, method, _, _, crc, csize, usize, nlen, elen = _LOCAL.unpack_from(
+            self.data, offset
+        )
+        if sig != LOCAL_SIG:
             return None
-        return flags, method, crc, csize, usize, offset + _LOCAL.size + nlen + elen, name, extra
+        name_start = offset + _LOCAL.size
+        end = name_start + nlen + elen
+        if end > self.size:
+            return None
+        whole = self._whole
+        if whole is not None:
+            name = whole[name_start : name_start + nlen]
+            extra = whole[name_start + nlen : end] if elen else b""
+        else:
+            name = self._bytes(name_start, nlen)
+            extra = self._bytes(name_start + nlen, elen)
+        return flags, method, crc, csize, usize, end, name, extra
 
     def _parse_locals(self) -> None:
+        whole = self._whole
+        data = self.data
+        size = self.size
+        unpack = _LOCAL_FIELDS.unpack_from
+        unpack_descriptor = _DESCRIPTOR.unpack_from
         for entry in self.entries:
+            # Fast path: a local header that agrees with the directory in every field the
+            # checks below compare raises no issue; anything else takes the full path.
+            off = entry.header_offset
+            if whole is not None and off >= 0 and off + _LOCAL.size <= size:
+                sig, flags, method, crc, csize, usize, nlen, elen = unpack(data, off)
+                name_start = off + _LOCAL.size
+                data_offset = name_start + nlen + elen
+                if (
+                    sig == LOCAL_SIG
+                    and flags == entry.flags
+                    and method == entry.method
+                    and method in SUPPORTED_METHODS
+                    and not flags & _SUSPICIOUS_FLAGS
+                    and usize != 0xFFFFFFFF
+                    and csize != 0xFFFFFFFF
+                    and data_offset + entry.compress_size <= size
+                    and whole[name_start : name_start + nlen] == entry.raw_name
+                    and (
+                        flags & FLAG_DESCRIPTOR
+                        or (
+                            crc == entry.crc
+                            and csize == entry.compress_size
+                            and usize == entry.file_size
+                        )
+                    )
+                ):
+                    entry.local_ok = True
+                    entry.data_offset = data_offset
+                    end = data_offset + entry.compress_size
+                    if flags & FLAG_DESCRIPTOR:
+                        if (
+                            end + 16 <= size
+                            and entry.compress_size < 0xFFFFFFFF  # a 12-byte descriptor
+                            and entry.file_size < 0xFFFFFFFF
+                            and whole[end : end + 4] == DESCRIPTOR_SIG
+                            and unpack_descriptor(data, end + 4)
+                            == (entry.crc, entry.compress_size, entry.file_size)
+                        ):
+                            end += 16  # signed descriptor that agrees: nothing to report
+                        else:
+                            end = self._check_descriptor(entry, end)
+                    entry.data_end = end
+                    continue
             local = self._read_local(entry.header_offset)
             if local is None:
                 self._issue(
@@ -557,7 +645,9 @@ class ZipArchive:
                     member=entry.name,
                     offset=entry.header_offset,
                 )
-            usize_l, csize_l, _ = _apply_zip64_extra(extra, usize, csize, 0)
+            usize_l, csize_l = usize, csize
+            if 0xFFFFFFFF in (usize, csize):
+                usize_l, csize_l, _ = _apply_zip64_extra(extra, usize, csize, 0)
             if not flags & FLAG_DESCRIPTOR and (
                 crc != entry.crc or csize_l != entry.compress_size or usize_l != entry.file_size
             ):
@@ -596,9 +686,8 @@ class ZipArchive:
         wide = self.zip64 and (entry.compress_size >= 0xFFFFFFFF or entry.file_size >= 0xFFFFFFFF)
         has_sig = self._bytes(pos, 4) == DESCRIPTOR_SIG
         body = pos + (4 if has_sig else 0)
-        fmt = "<IQQ" if wide else "<III"
-        raw = self._bytes(body, struct.calcsize(fmt))
-        if len(raw) < struct.calcsize(fmt):
+        layout = _DESCRIPTOR_WIDE if wide else _DESCRIPTOR
+        if body + layout.size > self.size or body < 0:
             self._issue(
                 "zip.descriptor_mismatch",
                 Severity.MEDIUM,
@@ -608,7 +697,7 @@ class ZipArchive:
                 offset=pos,
             )
             return pos
-        crc, csize, usize = struct.unpack(fmt, raw)
+        crc, csize, usize = layout.unpack_from(self.data, body)
         if (crc, csize, usize) != (entry.crc, entry.compress_size, entry.file_size):
             if not wide and self.zip64:
                 alt = self._bytes(body, struct.calcsize("<IQQ"))
@@ -627,7 +716,7 @@ class ZipArchive:
                 offset=pos,
                 descriptor={"crc": crc, "csize": csize, "usize": usize},
             )
-        return body + len(raw)
+        return body + layout.size
 
     # -- byte accounting: overlaps, gaps, hidden entries ---------------------------------
     def _account(self, cd_start: int) -> None:
@@ -798,6 +887,8 @@ def decompress(
         except zlib.error as exc:
             raise ValueError(f"{name}: corrupt deflate data: {exc}") from exc
     elif method == METHOD_BZIP2:
+        import bz2
+
         try:
             out = bz2.BZ2Decompressor().decompress(bytes(raw), max_bytes + 1)
         except (OSError, EOFError) as exc:
@@ -817,6 +908,8 @@ def decompress(
 
 def _zip_lzma(raw: bytes, max_length: int, name: str) -> bytes:
     """ZIP's LZMA: a 4-byte version/size prefix, then LZMA1 properties and raw data."""
+    import lzma
+
     if len(raw) < 4:
         raise ValueError(f"{name}: truncated LZMA header")
     (props_size,) = struct.unpack("<H", raw[2:4])
@@ -831,6 +924,8 @@ def _zip_lzma(raw: bytes, max_length: int, name: str) -> bytes:
 
 def _apply_zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
     """Replace 0xFFFFFFFF placeholders with the ZIP64 extra field's 8-byte values."""
+    if usize != 0xFFFFFFFF and csize != 0xFFFFFFFF and offset != 0xFFFFFFFF:
+        return usize, csize, offset  # nothing to replace (the common case)
     pos = 0
     while pos + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, pos)

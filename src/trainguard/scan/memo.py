@@ -1,0 +1,170 @@
+"""Reuse of scan work across the files of one run, keyed by SHA-256 of the bytes.
+
+Checkpoints written by one training run share their pickles byte for byte: every
+``torch.save`` of the same model writes the same ``data.pkl``, and the small
+metadata members (``version``, ``.format_version``, ``byteorder``) are the same in
+every file. Scanning 1,000 such files means analysing the same few pickles 1,000
+times, so one :class:`ScanMemo` per :func:`~trainguard.scan.scan_path` call keeps
+what an analysis of those bytes produced and replays it.
+
+What keeps a replay identical to a fresh scan:
+
+- The key is the SHA-256 of the content plus everything else the analysis reads
+  (nesting depth for members). An attacker who could make two different pickles
+  collide under SHA-256 could hide one behind the other; that is not feasible.
+- A ``data.pkl`` summary keeps the machine's own findings (before they are given
+  the file's path) and is replayed only when it has none, or when the member name
+  and byte offset it was made for are the same, so every finding names this
+  file's member and offset exactly as a fresh scan would.
+- Everything that depends on the rest of the archive (storage members present and
+  large enough, CRCs, zip structure, metadata members) is checked for every file
+  from that file's own bytes; only the analysis of the identical bytes is reused.
+- A member scan is memoised only when it produced no finding, spent no
+  decompression budget and raised nothing; its replay adds the same verdicts and
+  formats.
+- A result cut short by the time budget is never stored (it depends on the clock).
+
+The memo lives in one process and one run; nothing is written to disk, so there
+is no cache a later run (or an insider) could poison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from trainguard.core.findings import Finding, Verdict
+
+if TYPE_CHECKING:
+    from trainguard.core.limits import Limits
+    from trainguard.scan.policy import Policy
+
+MAX_PICKLE_ENTRIES: Final = 4096
+"""Distinct ``data.pkl`` summaries kept (oldest dropped first)."""
+MAX_TENSORS: Final = 1_000_000
+"""Tensor records kept over all summaries (only summaries whose geometry must be checked
+per file keep them), so memory stays bounded (a few hundred MB at worst)."""
+MAX_MEMBER_ENTRIES: Final = 16384
+"""Distinct small-member results kept."""
+MEMBER_MAX_BYTES: Final = 1 << 16
+"""Members up to this size are memoised; bigger ones are scanned each time."""
+
+_PickleKey = bytes | tuple[bytes, str | None, int]
+
+StorageInfo = tuple[str, int | None, object, str]
+"""``(key, bytes per element or None, numel as recorded, repr of the dtype)`` of a storage."""
+
+TensorGeometry = tuple[str, str, int | None, tuple[int, ...], tuple[int, ...], int]
+"""``(name, storage key, storage numel, shape, stride, storage offset)`` of one tensor."""
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    """SHA-256 of ``data`` (hashlib reads a memoryview of an mmap without copying)."""
+    return hashlib.sha256(data).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class PickleSummary:
+    """What the torch zip scan needs from one analysis of a ``data.pkl``."""
+
+    member: str | None
+    """Member name the findings carry (the scan's full ``a.zip!b/data.pkl`` path)."""
+    base_offset: int
+    """Offset of the pickle in its file, which the findings' offsets include."""
+    complete: bool
+    """STOP was reached."""
+    end: int
+    """Offset after STOP, or where parsing stopped."""
+    findings: tuple[Finding, ...]
+    """The machine's findings, before :meth:`ScanContext.adopt` names the file."""
+    verdict: Verdict
+    """The machine's verdict."""
+    storages: tuple[StorageInfo, ...]
+    """Distinct storages the persistent ids name, in order."""
+    tensors: tuple[TensorGeometry, ...]
+    """Every tensor's geometry, when :attr:`problems` is None (else empty: not needed)."""
+    problems: tuple[tuple[str, str], ...] | None
+    """``(rule, message)`` of every bad tensor view when they do not depend on the
+    archive (every tensor's persistent id records its storage size); else None and
+    they are worked out per file."""
+
+    def reusable_for(self, member: str | None, base_offset: int) -> bool:
+        """True when replaying gives exactly the findings a fresh analysis would."""
+        return not self.findings or (member == self.member and base_offset == self.base_offset)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberResult:
+    """The effect a finding-free member scan had on its file's context."""
+
+    verdicts: tuple[Verdict, ...]
+    formats: tuple[str, ...]
+
+
+class ScanMemo:
+    """Per-run store of pickle summaries and member results (see the module docstring)."""
+
+    __slots__ = ("_members", "_pickles", "_tensors", "hits", "limits", "misses", "policy")
+
+    def __init__(self, policy: Policy | None, limits: Limits) -> None:
+        self.policy = policy
+        """The policy every stored result was made under."""
+        self.limits = limits
+        """The limits every stored result was made under."""
+        self._pickles: OrderedDict[_PickleKey, PickleSummary] = OrderedDict()
+        self._members: OrderedDict[tuple[bytes, int], MemberResult] = OrderedDict()
+        self._tensors = 0
+        self.hits = 0
+        """Replays served (pickles and members), for tests and profiling."""
+        self.misses = 0
+        """Lookups that found nothing reusable."""
+
+    def serves(self, policy: Policy | None, limits: Limits) -> bool:
+        """True for a scan under the same policy and limits (by identity, never by value)."""
+        return policy is self.policy and limits is self.limits
+
+    # -- data.pkl summaries --------------------------------------------------------------
+    def pickle(self, key: bytes, member: str | None, base_offset: int) -> PickleSummary | None:
+        """The stored summary for ``key`` when it can be replayed for this member."""
+        found = self._pickles.get(key) or self._pickles.get((key, member, base_offset))
+        if found is None or not found.reusable_for(member, base_offset):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found
+
+    def store_pickle(self, key: bytes, summary: PickleSummary) -> None:
+        """Keep ``summary`` unless it depends on the clock; evict the oldest beyond the caps."""
+        if any(f.rule == "pickle.timeout" for f in summary.findings):
+            return
+        if len(summary.tensors) > MAX_TENSORS:
+            return
+        # A summary with findings is only valid for its own member and offset, so it is
+        # filed under them too; a clean one serves every file with the same bytes.
+        slot: _PickleKey = (key, summary.member, summary.base_offset) if summary.findings else key
+        old = self._pickles.pop(slot, None)
+        if old is not None:
+            self._tensors -= len(old.tensors)
+        self._pickles[slot] = summary
+        self._tensors += len(summary.tensors)
+        while len(self._pickles) > MAX_PICKLE_ENTRIES or self._tensors > MAX_TENSORS:
+            _, dropped = self._pickles.popitem(last=False)
+            self._tensors -= len(dropped.tensors)
+
+    # -- small members -------------------------------------------------------------------
+    def member(self, key: bytes, depth: int) -> MemberResult | None:
+        """The stored result of scanning a member with this content at this depth."""
+        found = self._members.get((key, depth))
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def store_member(self, key: bytes, depth: int, result: MemberResult) -> None:
+        """Keep a finding-free member result; evict the oldest beyond the cap."""
+        self._members[(key, depth)] = result
+        if len(self._members) > MAX_MEMBER_ENTRIES:
+            self._members.popitem(last=False)
