@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code (0 clean, 1 findings, 2 error)."""
     from trainguard.cli.app import build_parser
 
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     verbosity: int = getattr(args, "verbose", 0) or 0
     _configure_logging(verbosity)

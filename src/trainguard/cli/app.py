@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+from collections.abc import Sequence
 
 from trainguard import __version__
 
@@ -35,10 +36,49 @@ def common_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The complete ``trainguard`` parser with all discovered subcommands."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``trainguard`` parser with the discovered subcommands.
+
+    When ``argv`` names a command whose module has the same name (``scan``, ``drill``...),
+    only that module is imported: start-up is part of the cost of scanning one file, and
+    importing every command module would double it. Anything else (``--help``, a command
+    registered by a module of another name) gets the complete parser.
+    """
     import trainguard.cli.commands as commands_pkg
 
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(commands_pkg.__path__)
+        if not info.name.startswith("_")
+    )
+    wanted = _command_word(argv)
+    if wanted in names:
+        parser = _parser([f"{commands_pkg.__name__}.{wanted}"])
+        if wanted in _subcommand_names(parser):
+            return parser
+    return _parser([f"{commands_pkg.__name__}.{name}" for name in names])
+
+
+def _command_word(argv: Sequence[str] | None) -> str | None:
+    """The first word of ``argv`` that is not an option (the command), if any."""
+    for word in argv or ():
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def _subcommand_names(parser: argparse.ArgumentParser) -> set[str]:
+    return {
+        name
+        for action in parser._actions  # argparse keeps subparsers only here
+        if isinstance(action, argparse._SubParsersAction)
+        for name in action.choices
+    }
+
+
+def _parser(modules: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainguard",
         description=_DESCRIPTION,
@@ -47,9 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands_pkg.__name__}.{info.name}")
-        module.register(subparsers)
+    for name in modules:
+        importlib.import_module(name).register(subparsers)
     return parser
