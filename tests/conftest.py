@@ -153,13 +153,3 @@ def postgres_url() -> Iterator[str]:
                 check=False,
             )
         shutil.rmtree(root, ignore_errors=True)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run tests/guard last.
-
-    In-process guard tests install a PEP 578 audit hook and a signal mask, which by
-    design cannot be removed for the life of the process; every other test must run
-    before them so that its own pickling (process pools, differential tests) is unaffected.
-    """
-    items.sort(key=lambda item: "/tests/guard/" in str(item.path).replace("\\", "/"))

@@ -102,6 +102,9 @@ def test_gradient_corruption_named_within_a_few_steps(tmp_path: Path) -> None:
     assert not wrong, [f["message"] for f in wrong]
     sign = [f for f in outliers if f["rank"] == 2]
     assert any(f["evidence"]["direction_outliers"] for f in sign)  # the sign flip keeps norms
+    # 2 of every 5 steps are fingerprinted, the same steps on every rank (shared secret).
+    fingerprinted = {r["fingerprints"] for r in results}
+    assert len(fingerprinted) == 1 and 2 * (68 // 5) <= fingerprinted.pop() <= 2 * (68 // 5 + 1)
 
 
 # -- 3. parameter corruption on one rank after the step ------------------------------
@@ -114,6 +117,14 @@ def test_parameter_corruption_names_the_rank(tmp_path: Path) -> None:
     assert min(f["step"] for f in found) == 15  # first exchange after the step-12 edit
     assert found[0]["evidence"]["params"][0]["param"] == "fc1.weight"
     assert {f["evidence"]["observed_by_rank"] for f in found} == {0, 1, 2}
+    # Telemetry for the report: rank 0 records every exchange's verdict, the others none.
+    by_rank = {r["rank"]: r for r in results}
+    checks = by_rank[0]["replica_checks"]
+    assert [c["step"] for c in checks] == [5, 10, 15, 20]
+    assert [c["agree"] for c in checks] == [True, True, False, False]
+    assert checks[2]["outliers"] == [2] and checks[2]["world_size"] == 3
+    assert by_rank[1]["replica_checks"] == [] and by_rank[2]["replica_checks"] == []
+    assert all(r["events"]["step"] == 20 for r in results)  # one step event per step
 
 
 # -- 4. the same corruption on every rank through tampered shared code ---------------

@@ -27,7 +27,14 @@ def test_namespaced_settings_go_to_extra() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("exchange_every", 0), ("sample_hz", 0), ("delay_fraction", 1.5), ("data_parallel", "maybe")],
+    [
+        ("exchange_every", 0),
+        ("sample_hz", 0),
+        ("delay_fraction", 1.5),
+        ("data_parallel", "maybe"),
+        ("grad_fingerprint_steps", 0),
+        ("grad_norm_every", -1),
+    ],
 )
 def test_nonsense_values_are_rejected(name: str, value: object) -> None:
     with pytest.raises(GuardError, match=name):

@@ -47,6 +47,7 @@ from trainguard.guard.findingutil import make_finding
 from trainguard.guard.monitors import DEFAULT_MONITORS, MonitorFactory
 from trainguard.guard.settings import GuardSettings
 from trainguard.guard.sink import LedgerSink, TeeSink, default_ledger_url
+from trainguard.guard.telemetry import EnvSummaryWriter, StepTelemetry
 
 _logger = logging.getLogger(__name__)
 
@@ -71,15 +72,44 @@ def unwrap_model(model: Any) -> tuple[Any, Any]:
     return None, model
 
 
-def _shared_run_id(exchanger: Exchanger) -> str:
-    """One run id on every rank: from the launcher's environment, else rank 0's random."""
+def _shared_identity(exchanger: Exchanger) -> tuple[str, int]:
+    """``(run id, schedule secret)``, equal on every rank; one tiny broadcast at attach.
+
+    The run id comes from the launcher's environment when it names one, else from rank
+    0's random words. The secret is always rank 0's: it keys the sampled coordinates
+    and the fingerprint schedule of the cross-rank checks, so that code written
+    against trainguard's public source (and its default ``sketch_seed``) cannot know
+    which coordinates or steps are looked at in a given run.
+    """
+    words = [secrets.randbits(48) for _ in range(3)]
+    if exchanger.world_size > 1:
+        words = exchanger.broadcast_words(words, src=0)
+    run_id = f"{words[0]:012x}{words[1]:012x}"
     for var in ("TRAINGUARD_RUN_ID", "TORCHELASTIC_RUN_ID"):
         value = os.environ.get(var)
         if value and value != "none":
-            return value
-    words = [secrets.randbits(48), secrets.randbits(48)]
-    words = exchanger.broadcast_words(words, src=0) if exchanger.world_size > 1 else words
-    return f"{words[0]:012x}{words[1]:012x}"
+            run_id = value
+            break
+    return run_id, words[2]
+
+
+RUN_DIR_ENV = "TRAINGUARD_RUN_DIR"
+"""Default run directory of :func:`watch` when none is passed (set by ``trainguard run``)."""
+LEDGER_ENV = "TRAINGUARD_LEDGER"
+"""Default ledger URL of :func:`watch` when none is passed."""
+DEFAULT_RUN_DIR = "runs/exp1"
+"""Run directory when neither the argument nor ``TRAINGUARD_RUN_DIR`` names one."""
+
+
+def resolve_run_dir(run_dir: str | os.PathLike[str] | None) -> Path:
+    """The argument, else ``$TRAINGUARD_RUN_DIR``, else ``runs/exp1``.
+
+    The variable lets a job started under ``trainguard run`` (or a launcher script)
+    write into the run the supervisor watches without changing the training script.
+    """
+    if run_dir is not None:
+        return Path(run_dir)
+    return Path(os.environ.get(RUN_DIR_ENV) or DEFAULT_RUN_DIR)
 
 
 class Guard:
@@ -89,7 +119,7 @@ class Guard:
         self,
         model: Any,
         optimizer: Any,
-        run_dir: str | os.PathLike[str] = "runs/exp1",
+        run_dir: str | os.PathLike[str] | None = None,
         *,
         ledger: str | None = None,
         sink: Any = None,
@@ -121,15 +151,15 @@ class Guard:
 
             self.rank = dist.get_rank()
         self.world_size = self.exchanger.world_size
-        self.run_dir = Path(run_dir)
+        self.run_dir = resolve_run_dir(run_dir)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise GuardError(f"{self.run_dir}: cannot create the run directory ({exc})") from exc
-        self.run_id = _shared_run_id(self.exchanger)
+        self.run_id, secret = _shared_identity(self.exchanger)
         if sink is None:
             sink = LedgerSink(
-                ledger or default_ledger_url(self.run_dir),
+                ledger or os.environ.get(LEDGER_ENV) or default_ledger_url(self.run_dir),
                 run_id=self.run_id,
                 rank=self.rank,
                 flush_every=self.settings.telemetry_flush,
@@ -152,6 +182,7 @@ class Guard:
         self.ctx.settings["_training_thread"] = self.training_thread
         self.ctx.settings["_training_native_id"] = self.training_native_id
         self.ctx.settings["_ddp"] = self.ddp
+        self.ctx.settings["_secret"] = secret
         self.ctx.settings["_module"] = self.module
         self.monitors: list[Monitor] = self._build_monitors(monitors)
         self._closed = False
@@ -160,6 +191,9 @@ class Guard:
         self.exchanges = 0
         self.hook_seconds = 0.0
         """Wall time spent inside the guard's step hooks and observe() (cost accounting)."""
+        self.hook_cpu_seconds = 0.0
+        """CPU time of the training thread inside the same calls: unlike the wall time,
+        not inflated when other processes compete for the cores."""
         self._started: list[Monitor] = []
         for monitor in self.monitors:
             try:
@@ -183,6 +217,16 @@ class Guard:
         self._exchanging = [m for m in self.monitors if hasattr(m, "exchange_size")]
         self._sizes = [int(m.exchange_size(self.ctx)) for m in self._exchanging]  # type: ignore[attr-defined]
         self._check_exchange_layout()
+        self.telemetry: StepTelemetry | None = None
+        if self.settings.step_events:
+            self.telemetry = StepTelemetry(
+                self.ctx.sink,
+                flush_every=self.settings.telemetry_flush,
+                grad_norm_every=self.settings.grad_norm_every,
+            )
+        self._env_summary: EnvSummaryWriter | None = None
+        if self.settings.env_summary and self.rank == 0:
+            self._env_summary = EnvSummaryWriter(self.ctx.sink)
         self.pre_hook_handle = optimizer.register_step_pre_hook(self._on_pre_step)
         self.post_hook_handle = optimizer.register_step_post_hook(self._on_post_step)
         atexit.register(self.close)
@@ -241,19 +285,30 @@ class Guard:
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for monitor in self.monitors:
             self._call(monitor, "before_step")
+        if self.telemetry is not None:
+            try:
+                self.telemetry.before_step(self.ctx.step + 1, optimizer)
+            except Exception:  # telemetry must never stop training
+                _logger.exception("rank %d: step telemetry failed", self.rank)
         self.hook_seconds += time.perf_counter() - t0
+        self.hook_cpu_seconds += time.thread_time() - c0
 
     def _on_post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._closed:
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         self.step_hooks_fired += 1
         self.ctx.step += 1
         for monitor in self.monitors:
             self._call(monitor, "after_step")
+        if self.telemetry is not None:
+            try:
+                self.telemetry.after_step(self.ctx.step)
+            except Exception:  # telemetry must never stop training
+                _logger.exception("rank %d: step telemetry failed", self.rank)
         if (
             self.ctx.step % self.settings.exchange_every == 0
             and self._exchanging
@@ -261,6 +316,7 @@ class Guard:
         ):
             self._exchange()
         self.hook_seconds += time.perf_counter() - t0
+        self.hook_cpu_seconds += time.thread_time() - c0
 
     def _check_exchange_layout(self) -> None:
         """All ranks must exchange the same number of values, or the collective would
@@ -349,17 +405,20 @@ class Guard:
         """
         if self._closed:
             return
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         if loss is not None:
             values["loss"] = loss
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
                 values[key] = value.detach()
         self.ctx.observed.update(values)
+        if self.telemetry is not None:
+            self.telemetry.observe(values)
         for monitor in self.monitors:
             if hasattr(monitor, "on_observe"):
                 self._call(monitor, "on_observe", values)
         self.hook_seconds += time.perf_counter() - t0
+        self.hook_cpu_seconds += time.thread_time() - c0
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Save a checkpoint through the lineage monitor (records it in the ledger)."""
@@ -391,6 +450,13 @@ class Guard:
         for handle in (self.pre_hook_handle, self.post_hook_handle):
             handle.remove()
         self._close_started()
+        if self.telemetry is not None:
+            try:
+                self.telemetry.flush()
+            except Exception:  # telemetry must never mask the close
+                _logger.exception("rank %d: step telemetry flush failed", self.rank)
+        if self._env_summary is not None:
+            self._env_summary.wait(timeout=30.0)
         self.ctx.sink.record(
             "run.close", {"step": self.ctx.step, "exchanges": self.exchanges, "time": time.time()}
         )
@@ -432,7 +498,7 @@ def _jsonable(value: Any) -> Any:
 def watch(
     model: Any,
     optimizer: Any,
-    run_dir: str | os.PathLike[str] = "runs/exp1",
+    run_dir: str | os.PathLike[str] | None = None,
     *,
     ledger: str | None = None,
     sink: Any = None,
@@ -446,9 +512,10 @@ def watch(
     Args:
         model: the model, plain or ``DistributedDataParallel``-wrapped.
         optimizer: its optimizer; the guard hooks its ``step``.
-        run_dir: directory of the run's ledger and state.
-        ledger: ledger URL (default ``sqlite:///<run_dir>/ledger.sqlite``;
-            ``postgresql://...`` for a cluster).
+        run_dir: directory of the run's ledger and state (default:
+            ``$TRAINGUARD_RUN_DIR``, else ``runs/exp1``).
+        ledger: ledger URL (default: ``$TRAINGUARD_LEDGER``, else
+            ``sqlite:///<run_dir>/ledger.sqlite``; ``postgresql://...`` for a cluster).
         sink: an EventSink to use instead of the ledger (embedding, tests).
         process_group: group for the guard's collectives (default: the job's default group).
         monitors: monitor factories (default :data:`DEFAULT_MONITORS`).

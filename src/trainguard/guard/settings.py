@@ -28,8 +28,9 @@ class GuardSettings:
     """Steps between cross-rank exchanges (one small all-gather each)."""
 
     # -- timing / stragglers / injected delays -------------------------------------
-    sample_hz: float = 100.0
-    """Stack samples per second of the training thread (background thread)."""
+    sample_hz: float = 50.0
+    """Mean stack samples per second of the training thread (background thread; the
+    intervals are jittered so work cannot be timed between samples)."""
     timing_window: int = 5
     """Steps per local evaluation window of the time accounting."""
     timing_warmup: int = 3
@@ -60,6 +61,9 @@ class GuardSettings:
     """Rolling window (steps) of the step-time baseline."""
 
     # -- gradients across ranks ----------------------------------------------------
+    grad_fingerprint_steps: int = 2
+    """Steps of every ``exchange_every`` whose local gradient is fingerprinted (drawn
+    per window from a per-run secret shared by the ranks; ``exchange_every`` = all)."""
     grad_sketch: int = 64
     """Coordinates per parameter in the gradient sketch (shared seed on every rank)."""
     grad_log_ratio: float = 1.0
@@ -130,6 +134,13 @@ class GuardSettings:
     """Steps before the same finding (kind, rank, location) is reported again."""
     telemetry_flush: int = 50
     """Telemetry events buffered before a batch write (findings are written at once)."""
+    step_events: bool = True
+    """Write a ``step`` event per optimizer step (seconds, loss, grad_norm) for reports."""
+    grad_norm_every: int = 10
+    """Steps between the guard's own global gradient-norm measurements for the ``step``
+    events (0 = only values passed to ``observe(grad_norm=...)``)."""
+    env_summary: bool = True
+    """Rank 0 records an ``env.summary`` event at attach (versions, start-up checks, git)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Settings of monitors registered by other packages (free-form, by monitor)."""
 
@@ -175,6 +186,7 @@ class GuardSettings:
             "delay_windows",
             "straggler_windows",
             "grad_sketch",
+            "grad_fingerprint_steps",
             "replica_sample",
             "replica_slices",
             "dynamics_params_per_step",
@@ -193,6 +205,8 @@ class GuardSettings:
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise GuardError(f"guard setting {name} must be >= 1")
+        if int(self.grad_norm_every) < 0:
+            raise GuardError("guard setting grad_norm_every must be >= 0")
         if not 0.0 < self.sample_hz <= 2000.0:
             raise GuardError("guard setting sample_hz must be in (0, 2000]")
         if self.data_parallel not in ("auto", "on", "off"):

@@ -20,10 +20,13 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainguard.core.errors import GuardError, LedgerError
 from trainguard.core.findings import Finding
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; the ledger is imported lazily
+    from trainguard.ledger.api import Ledger
 
 _logger = logging.getLogger(__name__)
 
@@ -108,6 +111,17 @@ class LedgerSink:
         self._pending: list[tuple[str, dict[str, Any], float]] = []
         self._lock = threading.RLock()
         self._closed = False
+
+    @property
+    def ledger(self) -> Ledger:
+        """The open ledger this sink writes to.
+
+        Read-only (no setter): callers read events back while the run goes on
+        (``sink.ledger.events(...)``); writes go through the sink, which adds the run,
+        rank, host and pid to every event.
+        """
+        ledger: Ledger = self._ledger
+        return ledger
 
     def _meta(self, t: float) -> dict[str, Any]:
         return {

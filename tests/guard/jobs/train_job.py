@@ -35,6 +35,17 @@ class MLP(torch.nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
+def _event_counts(sink: object) -> dict[str, int] | None:
+    """Telemetry events per kind (MemorySink only)."""
+    events = getattr(sink, "events", None)
+    if events is None:
+        return None
+    counts: dict[str, int] = {}
+    for kind, _ in events:
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -120,6 +131,9 @@ def main() -> int:
         "elapsed": elapsed,
         "samples": getattr(getattr(timing, "sampler", None), "samples_taken", None),
         "windows": getattr(timing, "windows", None),
+        "events": _event_counts(sink),
+        "replica_checks": [p for k, p in sink.events if k == "replica.check"] if sink else None,
+        "fingerprints": getattr(guard.monitor("gradients"), "fingerprints", None),
     }
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result, default=str))
     if world > 1:

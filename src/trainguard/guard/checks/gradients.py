@@ -18,8 +18,15 @@ fingerprints its *local* gradient before it is reduced:
   the parameters, which run when backward has accumulated the local gradient and
   before the user's ``all_reduce`` call.
 
-The fingerprints accumulate over every step (so corruption on only some steps still
-weighs in) and are exchanged every ``exchange_every`` steps. Scoring per parameter:
+What is taken when: the sketch (a few thousand coordinates, one ``index_select`` per
+bucket) on every step; the per-parameter norms, a full pass over the gradient, on
+``grad_fingerprint_steps`` of every ``exchange_every`` steps (default 2 of 5), chosen
+per window by a keyed draw from a secret rank 0 shares at attach. Every rank measures
+the same steps (so the comparison is fair), the schedule and the sketch coordinates
+cannot be read from trainguard's source, and the full pass runs on 40 % of the steps.
+The fingerprints of a window accumulate and are exchanged every ``exchange_every``
+steps. Scoring per parameter (vectorised over parameters: one tensor expression per check, no Python
+loop per layer on clean exchanges):
 
 - *norm*: ``log(norm) - median over ranks``; a rank is an outlier when this exceeds
   ``grad_z`` times the usual inter-rank spread of that layer (robust history), or
@@ -36,7 +43,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+import random
+import threading
+import time
+import weakref
 from typing import Any
 
 import torch
@@ -48,6 +58,55 @@ from trainguard.guard.findingutil import make_finding
 from trainguard.guard.stats import MAD_TO_SIGMA, Throttle, median
 
 _logger = logging.getLogger(__name__)
+
+
+class _CommHookSlot:
+    """The one comm hook trainguard registers on a DDP model, and who it reports to.
+
+    DDP accepts one comm hook per model and cannot remove it. The hook therefore calls
+    whichever guard currently holds the slot (none after ``close``: a plain
+    all-reduce), so a guard attached again to the same model (a new run segment, a
+    callback per phase) uses the comm hook again rather than slower tensor hooks.
+    """
+
+    def __init__(self) -> None:
+        self.monitor: GradientMonitor | None = None
+
+
+_SLOTS: weakref.WeakKeyDictionary[Any, _CommHookSlot] = weakref.WeakKeyDictionary()
+_SLOTS_LOCK = threading.Lock()
+
+
+def _comm_hook_slot(ddp: Any, process_group: Any) -> _CommHookSlot:
+    """The slot of ``ddp``'s trainguard comm hook, registering the hook on first use.
+
+    Raises:
+        RuntimeError: DDP refused the hook (the job registered its own).
+    """
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    with _SLOTS_LOCK:
+        slot = _SLOTS.get(ddp)
+        if slot is not None:
+            return slot
+        slot = _CommHookSlot()
+
+        def hook(state: Any, bucket: Any) -> Any:
+            monitor = slot.monitor
+            if monitor is not None:
+                monitor.on_bucket(bucket)
+            return default_hooks.allreduce_hook(state, bucket)
+
+        # Real (not string) annotations: DDP inspects them.
+        hook.__annotations__ = {
+            "state": object,
+            "bucket": dist.GradBucket,  # type: ignore[attr-defined]
+            "return": torch.futures.Future[torch.Tensor],
+        }
+        ddp.register_comm_hook(process_group, hook)
+        _SLOTS[ddp] = slot
+        return slot
 
 
 class GradientMonitor:
@@ -69,9 +128,26 @@ class GradientMonitor:
         self._sumsq = torch.zeros(0, dtype=torch.float64)
         self._sketch = torch.zeros(0, dtype=torch.float64)
         self._steps = 0
+        self._norm_steps = 0
         self._seen = False
-        self._history: list[deque[float]] = []
+        self._seen_norm = False
+        self._history = torch.zeros(0, 0, dtype=torch.float64)
+        self._hist_pos = 0
+        self._seg = torch.zeros(0, dtype=torch.long)
         self._streak: dict[int, int] = {}
+        self._ctx: GuardContext | None = None
+        self._secret = 0
+        self._every = 5
+        self._per_window = 2
+        self._window = -1
+        self._window_steps: frozenset[int] = frozenset()
+        self.fingerprints = 0
+        """Steps whose norms were measured so far (for tests and cost accounting)."""
+        self.seconds = 0.0
+        """Wall time spent fingerprinting inside the DDP comm hook (cost accounting)."""
+        self.cpu_seconds = 0.0
+        """CPU time of the same (not inflated by other processes on the cores)."""
+        self._slot: _CommHookSlot | None = None
         self._throttle = Throttle(100)
         self._failed = False
 
@@ -80,11 +156,15 @@ class GradientMonitor:
         """Choose the hook point (DDP comm hook or parameter hooks) and install it."""
         s = ctx.settings
         self._throttle = Throttle(int(s["repeat_every"]))
+        self._ctx = ctx
+        self._secret = int(s.get("_secret", 0))
+        self._every = int(s["exchange_every"])
+        self._per_window = min(int(s["grad_fingerprint_steps"]), self._every)
         named = trainable_parameters(ctx)
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._index = {id(p): j for j, p in enumerate(self._params)}
-        gen = torch.Generator().manual_seed(int(s["sketch_seed"]))
+        gen = torch.Generator().manual_seed((int(s["sketch_seed"]) + self._secret) % (1 << 62))
         k = int(s["grad_sketch"])
         offset = 0
         for p in self._params:
@@ -95,16 +175,28 @@ class GradientMonitor:
         device = self._params[0].device if self._params else torch.device("cpu")
         self._sumsq = torch.zeros(len(self._params), dtype=torch.float64, device=device)
         self._sketch = torch.zeros(offset, dtype=torch.float64, device=device)
-        self._history = [deque(maxlen=200) for _ in self._params]
+        # Ring buffer of |log-norm deviation| per parameter (NaN = empty slot).
+        self._history = torch.full((200, len(self._params)), math.nan, dtype=torch.float64)
+        self._seg = (
+            torch.cat(
+                [torch.full((idx.numel(),), j, dtype=torch.long) for j, idx in enumerate(self._idx)]
+            )
+            if self._idx
+            else torch.zeros(0, dtype=torch.long)
+        )
         self.enabled = ctx.world_size > 1 and is_replicated(ctx) and bool(self._params)
         if not self.enabled:
             return
         ddp = s.get("_ddp")
         if ddp is not None:
             try:
-                ddp.register_comm_hook(ctx.process_group, self._typed_comm_hook())
+                self._slot = _comm_hook_slot(ddp, ctx.process_group)
+                if self._slot.monitor is not None:
+                    raise RuntimeError("another open guard holds this DDP model's comm hook")
+                self._slot.monitor = self
                 self.mode = "ddp_comm_hook"
             except (RuntimeError, AssertionError) as exc:
+                self._slot = None
                 _logger.info("DDP comm hook unavailable (%s); using tensor hooks", exc)
                 self._install_tensor_hooks()
                 self.mode = "tensor_hooks"
@@ -116,8 +208,15 @@ class GradientMonitor:
         ctx.sink.record("gradients.mode", {"mode": self.mode, "params": len(self._params)})
 
     def close(self, ctx: GuardContext) -> None:
-        """Remove the parameter hooks (a DDP comm hook cannot be unregistered; it is inert)."""
+        """Remove the parameter hooks and leave the DDP comm hook's slot.
+
+        DDP cannot unregister a comm hook: ours stays, as a plain all-reduce, and the
+        next guard attached to the same model takes the slot over.
+        """
         self.enabled = False
+        if self._slot is not None and self._slot.monitor is self:
+            self._slot.monitor = None
+        self._slot = None
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -130,35 +229,49 @@ class GradientMonitor:
         if self._seen:
             self._steps += 1
             self._seen = False
+        if self._seen_norm:
+            self._norm_steps += 1
+            self.fingerprints += 1
+            self._seen_norm = False
 
     # ------------------------------------------------------------------ hooks
-    def _typed_comm_hook(self) -> Any:
-        """The comm hook with real (not string) annotations: DDP inspects them."""
-        import torch.distributed as dist
+    def scheduled(self) -> bool:
+        """Whether the step being computed now (``ctx.step + 1``) is fingerprinted.
 
-        def hook(state: Any, bucket: Any) -> Any:
-            return self._comm_hook(state, bucket)
+        The ``grad_fingerprint_steps`` steps of each window of ``exchange_every`` are
+        drawn from the shared secret and the window number: equal on every rank,
+        unknown to code that only knows trainguard's source.
+        """
+        ctx = self._ctx
+        if ctx is None:
+            return False
+        step = ctx.step + 1
+        window = (step - 1) // self._every
+        if window != self._window:
+            # Not for cryptography: a schedule keyed by a per-run secret.
+            draw = random.Random(self._secret * 1_000_003 + window)  # noqa: S311
+            self._window = window
+            self._window_steps = frozenset(
+                window * self._every + 1 + k
+                for k in draw.sample(range(self._every), self._per_window)
+            )
+        return step in self._window_steps
 
-        hook.__annotations__ = {
-            "state": object,
-            "bucket": dist.GradBucket,  # type: ignore[attr-defined]
-            "return": torch.futures.Future[torch.Tensor],
-        }
-        return hook
+    def on_bucket(self, bucket: Any) -> None:
+        """Fingerprint one DDP bucket before its all-reduce (called by the comm hook)."""
+        if not self.enabled:
+            return
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            self._fingerprint_bucket(bucket, self.scheduled())
+        except Exception:  # never break the all-reduce; log once
+            if not self._failed:
+                _logger.exception("gradient fingerprint failed")
+                self._failed = True
+        self.seconds += time.perf_counter() - t0
+        self.cpu_seconds += time.thread_time() - c0
 
-    def _comm_hook(self, state: Any, bucket: Any) -> torch.futures.Future[torch.Tensor]:
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        if self.enabled:
-            try:
-                self._fingerprint_bucket(bucket)
-            except Exception:  # never break the all-reduce; log once
-                if not self._failed:
-                    _logger.exception("gradient fingerprint failed")
-                    self._failed = True
-        return default_hooks.allreduce_hook(state, bucket)
-
-    def _fingerprint_bucket(self, bucket: Any) -> None:
+    def _fingerprint_bucket(self, bucket: Any, with_norms: bool) -> None:
         grads: list[torch.Tensor] = bucket.gradients()
         params = bucket.parameters()
         if not grads:
@@ -172,8 +285,10 @@ class GradientMonitor:
         if js.numel() == 0:
             return
         tracked = [grads[i] for i in keep]
-        norms = torch.stack(torch._foreach_norm(tracked)).to(torch.float64)
-        self._sumsq.index_add_(0, js, norms * norms)
+        if with_norms:
+            norms = torch.stack(torch._foreach_norm(tracked)).to(torch.float64)
+            self._sumsq.index_add_(0, js, norms * norms)
+            self._seen_norm = True
         if buf_idx is not None:
             vals = bucket.buffer().reshape(-1).index_select(0, buf_idx).to(torch.float64)
         else:
@@ -238,11 +353,13 @@ class GradientMonitor:
         if not self.enabled:
             return
         g = grad.detach()
-        self._sumsq[j] += (
-            g.to(torch.float64).pow(2).sum()
-            if g.numel() < 4096
-            else torch.linalg.vector_norm(g).to(torch.float64) ** 2
-        )
+        if self.scheduled():
+            self._sumsq[j] += (
+                g.to(torch.float64).pow(2).sum()
+                if g.numel() < 4096
+                else torch.linalg.vector_norm(g).to(torch.float64) ** 2
+            )
+            self._seen_norm = True
         o = self._offsets[j]
         idx = self._idx[j]
         self._sketch[o : o + idx.numel()] += g.reshape(-1).index_select(0, idx).to(torch.float64)
@@ -256,9 +373,10 @@ class GradientMonitor:
     def exchange_payload(self, ctx: GuardContext) -> torch.Tensor:
         """This rank's window fingerprint (then reset)."""
         steps = max(self._steps, 1)
+        norm_steps = max(self._norm_steps, 1)
         vec = torch.cat(
             [
-                (self._sumsq / steps).sqrt(),
+                (self._sumsq / norm_steps).sqrt(),
                 self._sketch / steps,
                 torch.tensor([float(self._steps)], dtype=torch.float64, device=self._sumsq.device),
             ]
@@ -266,6 +384,7 @@ class GradientMonitor:
         self._sumsq.zero_()
         self._sketch.zero_()
         self._steps = 0
+        self._norm_steps = 0
         return vec
 
     def on_exchange(self, ctx: GuardContext, gathered: torch.Tensor) -> None:
@@ -281,43 +400,39 @@ class GradientMonitor:
         sketch = gathered[:, n_params:-1]
         s = ctx.settings
         flagged: dict[int, dict[str, list[dict[str, Any]]]] = {}
-        spreads: list[list[float] | None] = []
+        # -- norm: deviation of each rank's log-norm from the rank median, per layer.
         log_norms = torch.log(norms.clamp_min(1e-30))
-        for j in range(n_params):
-            col = log_norms[:, j].tolist()
-            if all(v <= math.log(1e-29) for v in col):
-                spreads.append(None)
-                continue
-            med = median(col)
-            devs = [v - med for v in col]
-            spreads.append(devs)
-            hist = self._history[j]
-            if len(hist) >= 6:
-                threshold = max(
-                    float(s["grad_z"]) * MAD_TO_SIGMA * median(hist), float(s["grad_log_ratio_min"])
-                )
-            else:
-                threshold = float(s["grad_log_ratio"])
-            for i, d in enumerate(devs):
-                if abs(d) > threshold and world >= 2:
-                    flagged.setdefault(i, {"norm": [], "direction": []})["norm"].append(
-                        {
-                            "param": self.names[j],
-                            "ratio_to_median": round(math.exp(d), 4),
-                            "threshold_ratio": round(math.exp(threshold), 4),
-                        }
-                    )
-            o = self._offsets[j]
-            k = self._idx[j].numel()
-            if k >= 4:
-                self._direction(sketch[:, o : o + k], self.names[j], s, flagged)
-        global_cos = self._global_cos(sketch, norms)
+        alive = (log_norms > math.log(1e-29)).any(dim=0)
+        med = torch.quantile(log_norms, 0.5, dim=0, keepdim=True)  # mean of the middle two
+        devs = log_norms - med
+        hist = self._history
+        filled = (~torch.isnan(hist)).sum(dim=0)
+        spread = torch.nan_to_num(torch.nanquantile(hist, 0.5, dim=0), nan=0.0)
+        threshold = torch.where(
+            filled >= 6,
+            (float(s["grad_z"]) * MAD_TO_SIGMA * spread).clamp_min(float(s["grad_log_ratio_min"])),
+            torch.full_like(spread, float(s["grad_log_ratio"])),
+        )
+        norm_hits = (devs.abs() > threshold) & alive
+        for i, j in norm_hits.nonzero().tolist():
+            flagged.setdefault(i, {"norm": [], "direction": []})["norm"].append(
+                {
+                    "param": self.names[j],
+                    "ratio_to_median": round(math.exp(float(devs[i, j])), 4),
+                    "threshold_ratio": round(math.exp(float(threshold[j])), 4),
+                }
+            )
+        # -- direction: cosine of each rank's per-layer sketch with its peers' sum.
+        self._direction(sketch, alive, norm_hits, s, flagged)
+        global_cos = self._global_cos(sketch)
         names_rank = world >= int(s["grad_min_world"])
         if not flagged:
-            for j, devs_j in enumerate(spreads):
-                if devs_j is not None:
-                    # Pool every rank's |deviation| except the median rank's exact zero.
-                    self._history[j].extend(abs(d) for d in devs_j if d != 0.0)
+            # Pool every rank's |deviation| except the median rank's exact zero.
+            rows = devs.abs().masked_fill(devs == 0.0, math.nan)
+            rows = rows.masked_fill(~alive.unsqueeze(0), math.nan)
+            for row in rows:
+                hist[self._hist_pos] = row
+                self._hist_pos = (self._hist_pos + 1) % hist.shape[0]
             self._streak.clear()
             return
         if names_rank and len(flagged) * 2 >= world:
@@ -359,37 +474,54 @@ class GradientMonitor:
                 )
             )
 
+    def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-parameter sums of a ``[world, sketch]`` tensor: ``[world, params]``."""
+        out = torch.zeros(values.shape[0], len(self._params), dtype=values.dtype)
+        return out.index_add_(1, self._seg, values)
+
     def _direction(
-        self, block: torch.Tensor, name: str, s: dict[str, Any], flagged: dict[int, Any]
+        self,
+        sketch: torch.Tensor,
+        alive: torch.Tensor,
+        norm_hits: torch.Tensor,
+        s: dict[str, Any],
+        flagged: dict[int, Any],
     ) -> None:
-        """Cosine of each rank's sketch with the sum of its peers'; flag the odd one out."""
-        cos = _peer_cosines(block)
-        if cos is None:
-            return
+        """Cosine of each rank's sketch with the sum of its peers'; flag the odd one out.
+
+        A rank already flagged on a layer's norm is left out of that layer's peer sum:
+        a huge corrupted gradient would otherwise *be* the peer direction, and honest
+        ranks would look like they point away from it.
+        """
+        weight = (~norm_hits).to(sketch.dtype)[:, self._seg]
+        peers = (sketch * weight).sum(dim=0, keepdim=True) - sketch * weight
+        num = self._segment_sums(sketch * peers)
+        den = (self._segment_sums(sketch * sketch) * self._segment_sums(peers * peers)).sqrt()
+        sizes = torch.tensor([idx.numel() for idx in self._idx], dtype=torch.long)
+        usable = (sizes >= 4) & alive & (den > 0).all(dim=0)
+        cos = num / den.clamp_min(1e-300)
         margin = float(s["grad_cos_margin"])
-        for i, c in enumerate(cos):
-            others = [x for n, x in enumerate(cos) if n != i]
-            if c < -margin / 2 and median(others) - c >= margin:
+        candidates = (cos < -margin / 2) & usable.unsqueeze(0)
+        for i, j in candidates.nonzero().tolist():
+            column = cos[:, j].tolist()
+            c = column[i]
+            others = [x for n, x in enumerate(column) if n != i]
+            if median(others) - c >= margin:
                 flagged.setdefault(i, {"norm": [], "direction": []})["direction"].append(
                     {
-                        "param": name,
+                        "param": self.names[j],
                         "cosine": round(c, 4),
                         "peer_median_cosine": round(median(others), 4),
                     }
                 )
 
-    def _global_cos(self, sketch: torch.Tensor, norms: torch.Tensor) -> list[float]:
+    def _global_cos(self, sketch: torch.Tensor) -> list[float]:
         """Peer cosine over the whole sketch, each layer weighted equally."""
-        parts = []
-        for j in range(len(self._params)):
-            o = self._offsets[j]
-            k = self._idx[j].numel()
-            block = sketch[:, o : o + k]
-            scale = block.norm(dim=1).median().clamp_min(1e-30)
-            parts.append(block / scale)
-        if not parts:
+        if not self._params or sketch.shape[1] == 0:
             return []
-        cos = _peer_cosines(torch.cat(parts, dim=1))
+        block_norms = self._segment_sums(sketch * sketch).sqrt()
+        scale = block_norms.median(dim=0).values.clamp_min(1e-30)
+        cos = _peer_cosines(sketch / scale[self._seg])
         return cos or []
 
 

@@ -235,6 +235,49 @@ def _cells(obj: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+_CodeIndex = dict[tuple[str, int], types.CodeType]
+
+_INDEX_CACHE: dict[str, tuple[tuple[int, int, int, int], _CodeIndex | None]] = {}
+_INDEX_LOCK = threading.Lock()
+
+
+def _compiled_index(filename: str) -> _CodeIndex | None:
+    """Code objects compiled from ``filename`` on disk, by (qualified name, first line).
+
+    Compiling the ~50 torch files behind the target table costs about 0.6 s of CPU, so
+    the result is kept for the life of the process and shared by every Guard (a job
+    that re-attaches, a callback per epoch). The key includes the file's identity and
+    size and modification time: a file edited after the first compile is compiled
+    again, so the comparison is always with what is on disk now. Caching cannot hide a
+    replacement: the cache holds what the *disk* says, never what is in memory.
+    """
+    try:
+        st = Path(filename).stat()
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        return None
+    with _INDEX_LOCK:
+        cached = _INDEX_CACHE.get(filename)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    index: _CodeIndex | None
+    try:
+        with open(filename, "rb") as fh:
+            source = fh.read()
+        top = compile(source, filename, "exec", dont_inherit=True)
+        index = {}
+        stack = [top]
+        while stack:
+            code = stack.pop()
+            index[(code.co_qualname, code.co_firstlineno)] = code
+            stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    except (OSError, SyntaxError, ValueError):
+        index = None
+    with _INDEX_LOCK:
+        _INDEX_CACHE[filename] = (key, index)
+    return index
+
+
 class SourceVerifier:
     """Compares live code objects with the code compiled from the installed source."""
 
@@ -262,19 +305,7 @@ class SourceVerifier:
     def _code_index(self, filename: str) -> dict[tuple[str, int], types.CodeType] | None:
         if filename in self._index:
             return self._index[filename]
-        index: dict[tuple[str, int], types.CodeType] | None
-        try:
-            with open(filename, "rb") as fh:
-                source = fh.read()
-            top = compile(source, filename, "exec", dont_inherit=True)
-            index = {}
-            stack = [top]
-            while stack:
-                code = stack.pop()
-                index[(code.co_qualname, code.co_firstlineno)] = code
-                stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-        except (OSError, SyntaxError, ValueError):
-            index = None
+        index = _compiled_index(filename)
         self._index[filename] = index
         return index
 
