@@ -16,6 +16,7 @@ from tests.factories import checkpoints as cf
 from trainguard.core.errors import ScanInputError
 from trainguard.core.findings import Verdict
 from trainguard.scan import scan_bytes, scan_path
+from trainguard.scan.api import _child, display_path
 
 
 def test_import_is_lean() -> None:
@@ -29,6 +30,38 @@ def test_import_is_lean() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", ".", "./", "a", "a/", "a//b", "./a/./b/", "../a/..", "/", "//", "///", "//a", "///a/"],
+)
+def test_display_path_matches_pathlib(text: str) -> None:
+    # Report paths must not change when the walk stopped importing pathlib.
+    assert display_path(text) == str(Path(text))
+
+
+@given(st.lists(st.sampled_from(["", ".", "..", "a", "b c", "é"]), max_size=6))
+def test_display_path_matches_pathlib_fuzzed(parts: list[str]) -> None:
+    for lead in ("", "/", "//", "///"):
+        text = lead + "/".join(parts)
+        assert display_path(text) == str(Path(text))
+        directory = display_path(text)
+        assert _child(directory, "x.pt") == str(Path(directory) / "x.pt")
+
+
+def test_walk_paths_are_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Relative roots with "." components and trailing slashes, as users type them.
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "m.bin").write_bytes(b"plain data")
+    (tmp_path / "d" / "top.bin").write_bytes(b"plain data")
+    monkeypatch.chdir(tmp_path)
+    in_d = ["d/e/m.bin", "d/top.bin"]
+    for root, expected in (("d", in_d), ("d/", in_d), ("./d/.", in_d), (".", in_d), ("./", in_d)):
+        assert [r.path for r in scan_path(root)] == expected, root
+    assert [r.path for r in scan_path(str(tmp_path) + "//d/")] == [
+        f"{tmp_path}/{name}" for name in in_d
+    ]
 
 
 def test_missing_path_raises() -> None:

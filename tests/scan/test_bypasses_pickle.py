@@ -535,6 +535,28 @@ def test_resolve_name_target_is_named() -> None:
     assert [g.qualified for g in derived] == ["os.system"]
 
 
+@pytest.mark.parametrize("container", ["file", "zip member"])
+def test_protocol0_call_without_stop_is_caught(container: str) -> None:
+    # pickle.loads runs the REDUCE before it hits the missing STOP ("Ran out of input"),
+    # so a STOP-less text pickle is a payload, not text; its benign twin is plain text.
+    import io
+    import zipfile
+
+    from trainguard.scan import scan_bytes
+
+    def wrap(data: bytes) -> bytes:
+        if container == "file":
+            return data
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as archive:
+            archive.writestr("notes.txt", data)
+        return out.getvalue()
+
+    payload = b"cposix\nsystem\n(S'true'\ntR"
+    assert scan_bytes(wrap(payload)).verdict is Verdict.MALICIOUS
+    assert scan_bytes(wrap(b"cos or not\nsystem text\n")).verdict is Verdict.SAFE
+
+
 def test_legacy_stack_payload_after_five_pickles_is_seen() -> None:
     # B23: ModelScan scans only the first (magic) pickle of the legacy format.
     stack = b"".join(pickle.dumps(v, protocol=2) for v in (1, 1001, {}, {"w": 1}, ["0"]))

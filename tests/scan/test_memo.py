@@ -72,6 +72,11 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "evil2.pt": _rooted(evil, "evil_two"),
         "member1.pt": _rooted(benign, "x", extra=system),
         "member2.pt": _rooted(benign, "longer_root", extra=system),
+        # a small member with a.pt's bytes but another CRC: its replay must not hide it
+        "vcrc.pt": af.corrupt_crc(_rooted(benign, "v"), "v/version"),
+        # text members: one that imports os.system, one holding an end-record signature
+        "text.pt": _rooted(benign, "t2", notes=b"cos\nsystem\n"),
+        "eocd.pt": _rooted(benign, "p", notes=b"12PK\x05\x0634"),
         "train.pt": cf.training_checkpoint(),
         "train2.pt": _rooted(cf.training_checkpoint(), "t"),
         "plain.pkl": system,
@@ -108,6 +113,11 @@ def test_findings_name_each_files_own_member(tree: Path) -> None:
     assert [f.member for f in missing.findings if f.rule == "torch.missing_storage"] == ["m/data/0"]
     assert [f.member for f in by_name["small.pt"].findings] == ["s/data/1"]
     assert {f.rule for f in by_name["crc.pt"].findings} == {"zip.bad_crc"}
+    assert [(f.rule, f.member) for f in by_name["vcrc.pt"].findings] == [
+        ("zip.bad_crc", "v/version")
+    ]
+    assert by_name["text.pt"].verdict is Verdict.MALICIOUS
+    assert {f.member for f in by_name["text.pt"].findings} == {"t2/notes"}
     for name, root in (("member1.pt", "x"), ("member2.pt", "longer_root")):
         members = {f.member for f in by_name[name].findings}
         assert members == {f"{root}/extra"}, by_name[name].findings
@@ -129,11 +139,11 @@ def test_identical_pickles_are_analysed_once(tree: Path, monkeypatch: pytest.Mon
     # Every benign copy shares a.pt's data.pkl (crc.pt too: only its CRC field differs);
     # sub/evil1.pt has evil1.pt's member name and offset; evil2.pt's findings would
     # name another member, so it is analysed again.
-    assert fresh == 13  # every torch zip; plain.pkl is not one
+    assert fresh == 16  # every torch zip; plain.pkl is not one
     assert calls.count("a/data.pkl") == 1
     assert calls.count("e/data.pkl") == 1
     assert calls.count("evil_two/data.pkl") == 1
-    shared = {"b", "a_much_longer_archive_name", "m", "s", "c", "x", "longer_root"}
+    shared = {"b", "a_much_longer_archive_name", "m", "s", "c", "x", "longer_root", "v", "t2", "p"}
     assert not shared & {str(c).split("/")[0] for c in calls}
     assert len(calls) < fresh
 

@@ -118,6 +118,21 @@ def test_hidden_entry_twin_no_gap() -> None:
     assert "zip.hidden_entry" not in _rules(data)
 
 
+def test_members_before_an_empty_archive_are_found() -> None:
+    # A zip followed by an empty zip whose long comment keeps the first end record
+    # out of the tail: the last end record describes an empty archive, and the
+    # members before it used to go unread (the gap check skipped count == 0).
+    empty = io.BytesIO()
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.comment = b"x" * 0xFFFF
+    data = af.zip_bytes([("evil.pkl", b"hidden payload")]) + empty.getvalue()
+    archive = ZipArchive(memoryview(data))
+    assert "zip.hidden_entry" in {i.rule for i in archive.issues}
+    assert [e.name for e in archive.hidden] == ["evil.pkl"]
+    # twin: an empty archive on its own has nothing to report
+    assert _rules(empty.getvalue()) == set()
+
+
 def test_overlapping_entries() -> None:
     data = af.zip_bytes([("a.txt", b"A" * 50), ("b.txt", b"B" * 50)])
     records = af.central_records(data)

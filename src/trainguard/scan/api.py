@@ -12,14 +12,12 @@ and a file that exceeds it gets verdict ``error``.
 
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard.core.errors import LimitExceeded, ScanInputError
@@ -31,8 +29,6 @@ from trainguard.scan.memo import ScanMemo
 if TYPE_CHECKING:
     from trainguard.core.limits import Limits
     from trainguard.scan.policy import Policy
-
-_logger = logging.getLogger(__name__)
 
 READ_WHOLE_BYTES = 1 << 20
 """Files up to this size are read into memory; larger ones are mapped (``mmap``)."""
@@ -91,9 +87,9 @@ def scan_path(
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
-    roots = [Path(p) for p in paths]
+    roots = [display_path(p) for p in paths]
     for root in roots:
-        if not root.exists() and not root.is_symlink():
+        if not os.path.exists(root) and not os.path.islink(root):  # noqa: PTH110, PTH114
             raise ScanInputError(f"{root}: no such file or directory; check the path")
     lim = limits if limits is not None else _default_limits()
     targets = list(_walk(roots))
@@ -142,19 +138,47 @@ def auto_jobs(files: int) -> int:
 
 
 # -- walking -----------------------------------------------------------------------------
-def _walk(roots: Sequence[Path]) -> Iterator[_Target]:
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``str(pathlib.Path(path))`` on POSIX, without importing pathlib (start-up time).
+
+    Reports name files the way the walk always has: empty and ``.`` components and
+    trailing slashes dropped, ``..`` kept, exactly two leading slashes kept (POSIX
+    leaves their meaning to the system), an empty path read as ``.``.
+    """
+    text = os.fspath(path)
+    if os.name != "posix" or not isinstance(text, str):
+        from pathlib import Path
+
+        return str(Path(path))  # the reference behaviour (and its TypeError for bytes)
+    root = ""
+    if text.startswith("/"):
+        root = "//" if text.startswith("//") and not text.startswith("///") else "/"
+    parts = [part for part in text.split("/") if part and part != "."]
+    return root + "/".join(parts) if root or parts else "."
+
+
+def _child(directory: str, name: str) -> str:
+    """``str(Path(directory) / name)`` for a directory entry's name (never ``.``/``..``)."""
+    if directory == ".":
+        return name
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
+
+
+# The walk uses str paths and os.path on purpose (noqa PTH below): importing pathlib
+# and building a Path per entry were a measurable share of scanning many small files.
+def _walk(roots: Sequence[str]) -> Iterator[_Target]:
     for root in roots:
-        if root.is_symlink() and not root.exists():
-            yield _broken_link(str(root))
+        if os.path.islink(root) and not os.path.exists(root):  # noqa: PTH110, PTH114
+            yield _broken_link(root)
             continue
-        if not root.is_dir():
-            yield _Target(str(root), str(root))
+        if not os.path.isdir(root):  # noqa: PTH112
+            yield _Target(root, root)
             continue
         real_root = os.path.realpath(root)
         yield from _walk_dir(root, real_root, {real_root})
 
 
-def _walk_dir(directory: Path, real_root: str, seen: set[str]) -> Iterator[_Target]:
+def _walk_dir(directory: str, real_root: str, seen: set[str]) -> Iterator[_Target]:
     try:
         entries = sorted(os.scandir(directory), key=lambda e: e.name)
     except OSError as exc:
@@ -171,19 +195,19 @@ def _walk_dir(directory: Path, real_root: str, seen: set[str]) -> Iterator[_Targ
         )
         return
     for entry in entries:
-        display = str(directory / entry.name)
+        display = _child(directory, entry.name)
         if entry.is_symlink():
             real = os.path.realpath(display)
-            if not Path(real).exists():
+            if not os.path.exists(real):  # noqa: PTH110
                 yield _broken_link(display)
                 continue
             inside = real == real_root or real.startswith(real_root + os.sep)
-            if Path(real).is_dir():
+            if os.path.isdir(real):  # noqa: PTH112
                 if not inside:
                     yield _link_outside(display, real, directory=True)
                 elif real not in seen:
                     seen.add(real)
-                    yield from _walk_dir(Path(display), real_root, seen)
+                    yield from _walk_dir(display, real_root, seen)
                 continue
             yield _Target(display, real, outside=not inside)
             continue
@@ -191,7 +215,7 @@ def _walk_dir(directory: Path, real_root: str, seen: set[str]) -> Iterator[_Targ
             real = os.path.realpath(display)
             if real not in seen:
                 seen.add(real)
-                yield from _walk_dir(Path(display), real_root, seen)
+                yield from _walk_dir(display, real_root, seen)
             continue
         if entry.is_file(follow_symlinks=False):
             yield _Target(display, display)
@@ -216,7 +240,7 @@ def _broken_link(display: str) -> _Target:
         Finding(
             rule="scan.broken_symlink",
             severity=Severity.MEDIUM,
-            message=f"symbolic link to {str(Path(display).readlink())!r} points nowhere",
+            message=f"symbolic link to {display_path(os.readlink(display))!r} points nowhere",  # noqa: PTH115
             path=display,
         ),
         Verdict.ERROR,
@@ -409,7 +433,9 @@ def _scan_view(
             f"scan stopped: {type(exc).__name__}",
         )
     except Exception as exc:  # fail closed: a scanner bug must never read as safe
-        _logger.exception("internal error while scanning %s", name)
+        import logging  # only on this path: importing it costs start-up on every scan
+
+        logging.getLogger(__name__).exception("internal error while scanning %s", name)
         ctx.report(
             "scan.internal_error",
             Severity.HIGH,

@@ -1,4 +1,4 @@
-"""Reuse of scan work across the files of one run, keyed by SHA-256 of the bytes.
+"""Reuse of scan work across the files of one run, keyed by the bytes (or their SHA-256).
 
 Checkpoints written by one training run share their pickles byte for byte: every
 ``torch.save`` of the same model writes the same ``data.pkl``, and the small
@@ -9,9 +9,12 @@ what an analysis of those bytes produced and replays it.
 
 What keeps a replay identical to a fresh scan:
 
-- The key is the SHA-256 of the content plus everything else the analysis reads
-  (nesting depth for members). An attacker who could make two different pickles
-  collide under SHA-256 could hide one behind the other; that is not feasible.
+- The key is the content itself when it is small (up to 4 KiB: exact, and cheaper
+  than hashing it) or its SHA-256, tagged so the two kinds never meet, plus
+  everything else the analysis reads (nesting depth for members; CRC and declared
+  size for the small stored members replayed before they are even read). An
+  attacker who could make two different pickles collide under SHA-256 could hide
+  one behind the other; that is not feasible.
 - A ``data.pkl`` summary keeps the machine's own findings (before they are given
   the file's path) and is replayed only when it has none, or when the member name
   and byte offset it was made for are the same, so every finding names this
@@ -30,7 +33,6 @@ is no cache a later run (or an insider) could poison.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -40,6 +42,7 @@ from trainguard.core.findings import Finding, Verdict
 if TYPE_CHECKING:
     from trainguard.core.limits import Limits
     from trainguard.scan.policy import Policy
+    from trainguard.scan.sniff import Kind
 
 MAX_PICKLE_ENTRIES: Final = 4096
 """Distinct ``data.pkl`` summaries kept (oldest dropped first)."""
@@ -51,7 +54,16 @@ MAX_MEMBER_ENTRIES: Final = 16384
 MEMBER_MAX_BYTES: Final = 1 << 16
 """Members up to this size are memoised; bigger ones are scanned each time."""
 
+SMALL_MEMBER_KEY_BYTES: Final = 4096
+"""Stored members up to this size are looked up by their bytes themselves (no hashing):
+exact, and at most ``MAX_MEMBER_ENTRIES`` of them are kept (64 MiB at worst)."""
+
 _PickleKey = bytes | tuple[bytes, str | None, int]
+
+SmallMemberKey = tuple[bytes, int, int, bool, int]
+"""``(stored bytes, CRC-32 from the directory, declared size, CRC exempt, depth)`` of a
+small stored member: everything its scan depends on besides names and offsets, which
+only ever appear in findings."""
 
 StorageInfo = tuple[str, int | None, object, str]
 """``(key, bytes per element or None, numel as recorded, repr of the dtype)`` of a storage."""
@@ -61,8 +73,18 @@ TensorGeometry = tuple[str, str, int | None, tuple[int, ...], tuple[int, ...], i
 
 
 def digest(data: bytes | memoryview) -> bytes:
-    """SHA-256 of ``data`` (hashlib reads a memoryview of an mmap without copying)."""
-    return hashlib.sha256(data).digest()
+    """The memo key of ``data``: the bytes themselves when small, else their SHA-256.
+
+    A small key costs no hashing at all and is exact; a one-byte tag keeps the two
+    kinds apart (a 32-byte member could otherwise equal another member's digest).
+    hashlib reads a memoryview of an mmap without copying, and is imported only when
+    a big member needs it (loading OpenSSL is a measurable part of start-up).
+    """
+    if len(data) <= SMALL_MEMBER_KEY_BYTES:
+        return b"r" + bytes(data)
+    import hashlib
+
+    return b"h" + hashlib.sha256(data).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +128,16 @@ class MemberResult:
 class ScanMemo:
     """Per-run store of pickle summaries and member results (see the module docstring)."""
 
-    __slots__ = ("_members", "_pickles", "_tensors", "hits", "limits", "misses", "policy")
+    __slots__ = (
+        "_members",
+        "_pickles",
+        "_small",
+        "_tensors",
+        "hits",
+        "limits",
+        "misses",
+        "policy",
+    )
 
     def __init__(self, policy: Policy | None, limits: Limits) -> None:
         self.policy = policy
@@ -115,6 +146,7 @@ class ScanMemo:
         """The limits every stored result was made under."""
         self._pickles: OrderedDict[_PickleKey, PickleSummary] = OrderedDict()
         self._members: OrderedDict[tuple[bytes, int], MemberResult] = OrderedDict()
+        self._small: dict[SmallMemberKey, tuple[Kind, MemberResult]] = {}
         self._tensors = 0
         self.hits = 0
         """Replays served (pickles and members), for tests and profiling."""
@@ -168,3 +200,19 @@ class ScanMemo:
         self._members[(key, depth)] = result
         if len(self._members) > MAX_MEMBER_ENTRIES:
             self._members.popitem(last=False)
+
+    def small_member(self, key: SmallMemberKey) -> tuple[Kind, MemberResult] | None:
+        """What scanning a small stored member with exactly these inputs did, if known."""
+        found = self._small.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return found
+
+    def store_small_member(self, key: SmallMemberKey, kind: Kind, result: MemberResult) -> None:
+        """Keep a finding-free small-member scan (its sniffed kind too); drop the oldest."""
+        small = self._small
+        small[key] = (kind, result)
+        if len(small) > MAX_MEMBER_ENTRIES:
+            del small[next(iter(small))]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         allow += load_allow_config(args.config)
     policy = Policy.default(extra_allow=tuple(_validate_allow(allow)))
-    many = len(args.paths) > 1 or any(Path(p).is_dir() for p in args.paths)
+    many = len(args.paths) > 1 or any(os.path.isdir(p) for p in args.paths)  # noqa: PTH112
     progress = make_progress(args.no_progress or not many)
     reports = scan_path(
         args.paths, policy=policy, jobs=args.jobs, progress=progress, reuse=not args.no_reuse

@@ -25,7 +25,13 @@ from trainguard.core.errors import LimitExceeded
 from trainguard.core.findings import Severity, Verdict
 from trainguard.scan.formats.context import ScanContext, limit
 from trainguard.scan.formats.zipreader import EOCD_SIG, LOCAL_SIG, ZipArchive, ZipEntry, crc_ok
-from trainguard.scan.memo import MEMBER_MAX_BYTES, MemberResult, digest
+from trainguard.scan.memo import (
+    MEMBER_MAX_BYTES,
+    SMALL_MEMBER_KEY_BYTES,
+    MemberResult,
+    SmallMemberKey,
+    digest,
+)
 from trainguard.scan.sniff import SNIFF_BYTES, Kind, sniff
 
 _SMALL_MEMBER: Final = 1 << 20
@@ -221,8 +227,48 @@ def read_member(
 def _scan_member(
     ctx: ScanContext, archive: ZipArchive, entry: ZipEntry, *, member: str | None, base_offset: int
 ) -> Kind:
-    """Sniff one member and scan it when it is anything but plain data."""
-    from trainguard.scan.formats.dispatch import scan_buffer
+    """Sniff one member and scan it when it is anything but plain data.
+
+    A small stored member (``version``, ``byteorder``, ``.data/serialization_id``...)
+    whose bytes, CRC and declared size were already scanned in this run without a
+    finding and without decompressing anything is replayed from the memo: every check
+    below is a function of exactly those inputs (and of the nesting depth), and a
+    finding-free scan only ever added verdicts and format names.
+    """
+    memo = ctx.usable_memo()
+    if (
+        memo is None
+        or entry.method != 0
+        or entry.data_offset < 0
+        or entry.compress_size > SMALL_MEMBER_KEY_BYTES
+        or entry.file_size > SMALL_MEMBER_KEY_BYTES
+    ):
+        return _scan_member_full(ctx, archive, entry, member=member, base_offset=base_offset)
+    key: SmallMemberKey = (
+        archive.raw_bytes(entry),
+        entry.crc,
+        entry.file_size,
+        bool(entry.flags & 0x0008 and entry.index < 0),
+        ctx.depth,
+    )
+    replay = memo.small_member(key)
+    if replay is not None:
+        ctx.verdicts.extend(replay[1].verdicts)
+        ctx.formats.extend(replay[1].formats)
+        return replay[0]
+    marks = (len(ctx.findings), len(ctx.verdicts), len(ctx.formats), ctx.budget.unpacked)
+    kind = _scan_member_full(ctx, archive, entry, member=member, base_offset=base_offset)
+    if len(ctx.findings) == marks[0] and ctx.budget.unpacked == marks[3]:
+        result = MemberResult(tuple(ctx.verdicts[marks[1] :]), tuple(ctx.formats[marks[2] :]))
+        memo.store_small_member(key, kind, result)
+    return kind
+
+
+def _scan_member_full(
+    ctx: ScanContext, archive: ZipArchive, entry: ZipEntry, *, member: str | None, base_offset: int
+) -> Kind:
+    """:func:`_scan_member` without the small-member replay."""
+    from trainguard.scan.formats.dispatch import is_inert_text, scan_buffer
 
     ctx.check_deadline()
     if entry.method == 0 and entry.file_size <= _SMALL_MEMBER:
@@ -242,9 +288,19 @@ def _scan_member(
         content = read_member(ctx, archive, entry, member=member)
     if content is None or kind in (Kind.DATA, Kind.EMPTY):
         return kind
+    depth = ctx.depth + 1
+    if (
+        kind is Kind.MAYBE_PICKLE
+        and len(content) <= MEMBER_MAX_BYTES
+        and depth <= limit(ctx.limits, "max_archive_depth", 5)
+        and is_inert_text(bytes(content))
+    ):
+        # exactly what scan_buffer would do in a child context (see is_inert_text)
+        ctx.verdicts.append(Verdict.SAFE)
+        ctx.formats.append("data")
+        return kind
     offset = base_offset + entry.data_offset if entry.method == 0 else 0
     memo = ctx.usable_memo() if len(content) <= MEMBER_MAX_BYTES else None
-    depth = ctx.depth + 1
     key = b""
     if memo is not None and depth <= limit(ctx.limits, "max_archive_depth", 5):
         key = digest(content)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 def limit(limits: object, name: str, default: int) -> int:
     """A numeric limit by name, with the scanner's default where ``Limits`` has none."""
     value = getattr(limits, name, None)
+    if type(value) is int:
+        return value if value > 0 else default
     return int(value) if isinstance(value, int | float) and value > 0 else default
 
 

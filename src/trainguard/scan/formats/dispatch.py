@@ -19,6 +19,8 @@ from trainguard.scan.formats.context import ScanContext
 from trainguard.scan.sniff import SNIFF_BYTES, Kind, is_torch_legacy, sniff
 
 _QUICK_REJECT_BYTES: Final = 1 << 16
+EOCD_SIGNATURE: Final = b"PK\x05\x06"
+"""Zip end-record signature (as ``zipreader.EOCD_SIG``, without importing the reader)."""
 _IDENT: Final = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
@@ -195,6 +197,26 @@ def scan_pickle_file(
     return "pickle"
 
 
+def is_inert_text(raw: bytes) -> bool:
+    """True when scanning ``raw`` (sniffed as a protocol-0 pickle) can only find "data".
+
+    Such bytes fail :func:`looks_like_pickle`'s quick reject (no newline, no ``.``, no
+    byte >= 0x80: nothing can be imported, STOP is never reached), are text (no NUL,
+    so :func:`_salvage` calls them safe) and hold no end-record signature (no zip
+    polyglot): :func:`scan_buffer` would add one ``safe`` verdict and the format
+    ``data``, nothing else. Metadata members such as ``.data/serialization_id`` (a
+    decimal number, different in every checkpoint) take this shortcut.
+    """
+    return (
+        len(raw) <= _QUICK_REJECT_BYTES
+        and b"\n" not in raw
+        and b"." not in raw
+        and b"\0" not in raw
+        and raw.isascii()
+        and EOCD_SIGNATURE not in raw
+    )
+
+
 def looks_like_pickle(ctx: ScanContext, data: memoryview) -> bool:
     """Whether a buffer without a PROTO header would be unpickled to any effect.
 
@@ -215,4 +237,5 @@ def looks_like_pickle(ctx: ScanContext, data: memoryview) -> bool:
         return True
     if result.complete:
         return True
-    return any(_IDENT.match(str(name)) for name in result.globals)
+    # the dotted name itself: str() of a GlobalRef is its repr, which never matches
+    return any(_IDENT.match(ref.qualified) for ref in result.globals)

@@ -199,9 +199,8 @@ class TorchZip:
 
     def _check_storages(self, ctx: ScanContext, summary: PickleSummary, member: str | None) -> None:
         """Every storage present and big enough; every tensor view inside its storage."""
-        by_name: dict[str, ZipEntry] = {}
-        for candidate in self.archive.entries:
-            by_name.setdefault(candidate.name, candidate)
+        # the first entry of each name wins (later duplicates are reported by the reader)
+        by_name = {candidate.name: candidate for candidate in reversed(self.archive.entries)}
         prefix = f"{self.root}/data/"
         storages: dict[str, int] = {}
         handled = self.handled
@@ -246,18 +245,14 @@ class TorchZip:
 
 def tensor_geometry(root: Any) -> tuple[TensorGeometry, ...]:
     """The geometry of every tensor reachable from a ``data.pkl`` root, in walk order."""
-    from trainguard.scan.picklevm import torch_tensor_refs
+    from trainguard.scan.picklevm.torchrefs import torch_tensor_fields
 
+    # fields: key, dtype, offset, shape, stride, location, numel, requires_grad, rebuild
     return tuple(
-        (
-            name,
-            str(getattr(tensor, "storage_key", "")),
-            getattr(tensor, "storage_numel", None),
-            tuple(getattr(tensor, "shape", ()) or ()),
-            tuple(getattr(tensor, "stride", ()) or ()),
-            getattr(tensor, "storage_offset", 0) or 0,
-        )
-        for name, tensor in torch_tensor_refs(root).items()
+        [
+            (name, str(f[0]), f[6], tuple(f[3] or ()), tuple(f[4] or ()), f[2] or 0)
+            for name, f in torch_tensor_fields(root).items()
+        ]
     )
 
 
@@ -279,10 +274,21 @@ def geometry_problems(
                 ("torch.tensor_geometry", f"tensor {name!r} has inconsistent size/stride/offset")
             )
             continue
-        if any(d == 0 for d in shape):
+        # One loop instead of three generator passes (this runs for every tensor):
+        # an empty dimension means no element is read; else the last element read is
+        # offset + sum((size - 1) * stride).
+        last = offset
+        negative = offset < 0
+        empty = False
+        for d, s in zip(shape, stride, strict=True):
+            if d == 0:
+                empty = True
+                break
+            last += (d - 1) * s
+            negative = negative or s < 0
+        if empty:
             continue
-        last = offset + sum((d - 1) * s for d, s in zip(shape, stride, strict=True))
-        if offset < 0 or any(s < 0 for s in stride) or last >= numel:
+        if negative or last >= numel:
             problems.append(
                 (
                     "torch.tensor_out_of_bounds",
@@ -316,7 +322,8 @@ def _analyse(
     ctx: ScanContext, content: memoryview, full_member: str | None, offset: int
 ) -> PickleSummary:
     """Run the machine and keep only what the checks need, so a summary stays small."""
-    from trainguard.scan.picklevm import analyze_pickle, storage_refs
+    from trainguard.scan.picklevm import analyze_pickle
+    from trainguard.scan.picklevm.torchrefs import storage_fields
 
     ctx.check_deadline()
     result = analyze_pickle(
@@ -339,13 +346,10 @@ def _analyse(
         findings=result.findings,
         verdict=result.verdict,
         storages=tuple(
-            (
-                str(ref.key),
-                itemsize_of(getattr(ref, "dtype", None)),
-                getattr(ref, "numel", None),
-                repr(getattr(ref, "dtype", None)),
-            )
-            for ref in storage_refs(result)
+            [
+                (str(key), itemsize_of(dtype), numel, repr(dtype))
+                for key, dtype, _, numel in storage_fields(result)
+            ]
         ),
         # Kept only when the problems must be worked out per file (memory: one record
         # per tensor would otherwise stay in the run's memo for nothing).
@@ -355,7 +359,10 @@ def _analyse(
 
 
 def _ints(values: tuple[Any, ...]) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    for v in values:
+        if type(v) is not int and (not isinstance(v, int) or isinstance(v, bool)):
+            return False
+    return True
 
 
 def _join(outer: str | None, inner: str) -> str:

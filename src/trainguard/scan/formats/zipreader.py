@@ -340,7 +340,7 @@ class ZipArchive:
                 offset=start,
                 declared=cd_offset,
             )
-        elif count and start + cd_size != cd_end_limit:
+        elif start + cd_size != cd_end_limit:
             gap = cd_end_limit - (start + cd_size)
             if gap > 0:
                 self._scan_gap(
@@ -428,24 +428,24 @@ class ZipArchive:
             if sig != CENTRAL_SIG:
                 break
             name_start = pos + central_size
-            if whole is not None and name_start + nlen + elen <= size:
-                raw_name = whole[name_start : name_start + nlen]
-                extra = whole[name_start + nlen : name_start + nlen + elen] if elen else b""
+            extra_start = name_start + nlen
+            if whole is not None and extra_start + elen <= size:
+                raw_name = whole[name_start:extra_start]  # in bounds: no length check needed
             else:
                 raw_name = self._bytes(name_start, nlen)
-                extra = self._bytes(name_start + nlen, elen) if elen else b""
-            if len(raw_name) != nlen or len(extra) != elen:
-                self._issue(
-                    "zip.truncated",
-                    Severity.HIGH,
-                    Verdict.ERROR,
-                    "a central directory record runs past the end of the file",
-                    offset=pos,
-                )
-                break
+                if len(raw_name) != nlen or len(self._bytes(extra_start, elen)) != elen:
+                    self._issue(
+                        "zip.truncated",
+                        Severity.HIGH,
+                        Verdict.ERROR,
+                        "a central directory record runs past the end of the file",
+                        offset=pos,
+                    )
+                    break
             # ASCII decodes the same under cp437 and UTF-8: skip the codec lookup.
             name = raw_name.decode("ascii") if raw_name.isascii() else _decode_name(raw_name, flags)
-            if 0xFFFFFFFF in (usize, csize, local_offset):
+            if usize == 0xFFFFFFFF or csize == 0xFFFFFFFF or local_offset == 0xFFFFFFFF:
+                extra = self._bytes(extra_start, elen) if elen else b""
                 usize, csize, local_offset = _apply_zip64_extra(extra, usize, csize, local_offset)
             entry = ZipEntry(
                 name, raw_name, index, local_offset + shift, method, flags, crc, csize, usize
@@ -464,7 +464,7 @@ class ZipArchive:
                 )
             else:
                 seen[raw_name] = index
-            if name[:1] in ("/", "\\") or (
+            if name.startswith(("/", "\\")) or (
                 ".." in name and ".." in name.replace("\\", "/").split("/")
             ):
                 self._issue(
@@ -477,7 +477,7 @@ class ZipArchive:
                 )
             entries.append(entry)
             index += 1
-            pos = name_start + nlen + elen + clen
+            pos = extra_start + elen + clen
             if index > max_entries:
                 self._issue(
                     "limit.archive_entries",
@@ -720,17 +720,20 @@ class ZipArchive:
 
     # -- byte accounting: overlaps, gaps, hidden entries ---------------------------------
     def _account(self, cd_start: int) -> None:
+        entries = self.entries
+        # (start, end, directory position): ties keep directory order, as a stable sort
+        # on (start, end) would, without a key function per entry.
         spans = sorted(
-            (
-                (e.header_offset, e.data_end, e)
-                for e in self.entries
+            [
+                (e.header_offset, e.data_end, i)
+                for i, e in enumerate(entries)
                 if e.local_ok and e.data_end >= 0
-            ),
-            key=lambda span: (span[0], span[1]),
+            ]
         )
         cursor = 0
         previous: ZipEntry | None = None
-        for start, end, entry in spans:
+        for start, end, position in spans:
+            entry = entries[position]
             if start < cursor and previous is not None:
                 self._issue(
                     "zip.overlapping_entries",
@@ -855,6 +858,16 @@ class ZipArchive:
             return memoryview(b"")
         end = min(entry.data_offset + entry.compress_size, self.size)
         return self.data[entry.data_offset : end]
+
+    def raw_bytes(self, entry: ZipEntry) -> bytes:
+        """:meth:`raw` as ``bytes`` (one slice of the underlying buffer when possible)."""
+        if entry.data_offset < 0:
+            return b""
+        end = min(entry.data_offset + entry.compress_size, self.size)
+        whole = self._whole
+        if whole is not None:
+            return whole[entry.data_offset : end]
+        return bytes(self.data[entry.data_offset : end])
 
     def read(self, entry: ZipEntry, *, max_bytes: int) -> memoryview | bytes:
         """The member's content, decompressed; at most ``max_bytes`` or :class:`LimitExceeded`."""

@@ -581,15 +581,18 @@ class _Machine:
         pop = stack.pop
         try:
             while True:
-                if pos == frame_end:
-                    frame_end = -1
-                    limit = n
+                # Invariant: limit == frame_end inside a frame, else n; so reaching the
+                # frame's end is a case of pos >= limit and costs no test of its own.
                 if pos >= limit:
-                    raise _Halt(
-                        "pickle.parse_error",
-                        "pickle data was truncated (no STOP opcode)",
-                        pos,
-                    )
+                    if pos == frame_end:
+                        frame_end = -1
+                        limit = n
+                    if pos >= limit:
+                        raise _Halt(
+                            "pickle.parse_error",
+                            "pickle data was truncated (no STOP opcode)",
+                            pos,
+                        )
                 count += 1
                 if count >= next_check:
                     next_check += _CHECK_EVERY
@@ -615,7 +618,8 @@ class _Machine:
                 op_pos = pos
                 code = buf[pos]
                 pos += 1
-                # ---------------------------------------------------- memo
+                # Branches are ordered by how often torch.save pickles use each opcode (each test
+                # is a distinct code, so the order changes nothing but the number of comparisons).
                 if code == 0x71:  # BINPUT
                     if pos + 1 > limit:
                         frame_end = self.cross(pos, 1, frame_end, n)
@@ -634,52 +638,12 @@ class _Machine:
                         append(memo[idx])
                     except KeyError:
                         append(self.memo_miss(idx, op_pos))
-                # ------------------------------------------------ structure
-                elif code == 0x28:  # MARK
-                    marks.append(len(stack))
-                    fence = len(stack)
-                elif code == 0x74:  # TUPLE
-                    if not marks:
-                        raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
-                    mark = marks.pop()
-                    fence = marks[-1] if marks else 0
-                    items = tuple(stack[mark:])
-                    del stack[mark:]
-                    append(items)
-                elif code == 0x85:  # TUPLE1
-                    if len(stack) <= fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    stack[-1] = (stack[-1],)
-                elif code == 0x86:  # TUPLE2
-                    if len(stack) - 2 < fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    second = pop()
-                    stack[-1] = (stack[-1], second)
-                elif code == 0x87:  # TUPLE3
-                    if len(stack) - 3 < fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    third = pop()
-                    second = pop()
-                    stack[-1] = (stack[-1], second, third)
-                elif code == 0x29:  # EMPTY_TUPLE
-                    append(())
-                elif code == 0x7D:  # EMPTY_DICT
-                    append({})
-                elif code == 0x5D:  # EMPTY_LIST
-                    append([])
-                elif code == 0x8F:  # EMPTY_SET
-                    append(set())
-                elif code == 0x52:  # REDUCE
-                    if len(stack) - 2 < fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    args = pop()
-                    call = Call(stack[-1], args, "reduce", self.base + op_pos)
-                    stack[-1] = call
-                    self.on_call(call, op_pos)
-                elif code == 0x51:  # BINPERSID
-                    if len(stack) <= fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    stack[-1] = self.persistent(stack[-1], op_pos)
+                elif code == 0x4B:  # BININT1
+                    if pos + 1 > limit:
+                        frame_end = self.cross(pos, 1, frame_end, n)
+                        limit = n
+                    append(buf[pos])
+                    pos += 1
                 elif code == 0x8C or code == 0x58 or code == 0x8D:  # SHORT_BINUNICODE etc.
                     width = 1 if code == 0x8C else (4 if code == 0x58 else 8)
                     if pos + width > limit:
@@ -709,56 +673,136 @@ class _Machine:
                             )
                             append(str(raw, "latin-1"))
                     pos += size
+                elif code == 0x28:  # MARK
+                    marks.append(len(stack))
+                    fence = len(stack)
+                elif code == 0x52:  # REDUCE
+                    if len(stack) - 2 < fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    args = pop()
+                    func = stack[-1]
+                    call = Call(func, args, "reduce", self.base + op_pos)
+                    stack[-1] = call
+                    # on_call returns at once for a plain global outside _CALL_CHECKED
+                    if type(func) is not GlobalRef or func.qualified in _CALL_CHECKED:
+                        self.on_call(call, op_pos)
+                elif code == 0x74:  # TUPLE
+                    if not marks:
+                        raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
+                    mark = marks.pop()
+                    fence = marks[-1] if marks else 0
+                    items = tuple(stack[mark:])
+                    del stack[mark:]
+                    append(items)
+                elif code == 0x29:  # EMPTY_TUPLE
+                    append(())
+                elif code == 0x89:  # NEWFALSE
+                    append(False)
+                elif code == 0x51:  # BINPERSID
+                    if len(stack) <= fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    stack[-1] = self.persistent(stack[-1], op_pos)
                 elif code == 0x94:  # MEMOIZE
                     if len(stack) <= fence:
                         raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
                     memo[len(memo)] = stack[-1]
-                elif code == 0x72 or code == 0x6A:  # LONG_BINPUT / LONG_BINGET
-                    if pos + 4 > limit:
-                        frame_end = self.cross(pos, 4, frame_end, n)
-                        limit = n
-                    idx = _unpack_I(buf, pos)[0]
-                    pos += 4
-                    if code == 0x72:
-                        if len(stack) <= fence:
-                            raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                        memo[idx] = stack[-1]
+                elif code == 0x7D:  # EMPTY_DICT
+                    append({})
+                elif code == 0x85:  # TUPLE1
+                    if len(stack) <= fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    stack[-1] = (stack[-1],)
+                elif code == 0x86:  # TUPLE2
+                    if len(stack) - 2 < fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    second = pop()
+                    stack[-1] = (stack[-1], second)
+                elif code == 0x75 or code == 0x73:  # SETITEMS / SETITEM
+                    if code == 0x75:
+                        if not marks:
+                            raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
+                        mark = marks.pop()
+                        fence = marks[-1] if marks else 0
                     else:
-                        try:
-                            append(memo[idx])
-                        except KeyError:
-                            append(self.memo_miss(idx, op_pos))
-                # ------------------------------------------------- scalars
-                elif code == 0x4B:  # BININT1
-                    if pos + 1 > limit:
-                        frame_end = self.cross(pos, 1, frame_end, n)
-                        limit = n
-                    append(buf[pos])
-                    pos += 1
-                elif code == 0x4D:  # BININT2
-                    if pos + 2 > limit:
-                        frame_end = self.cross(pos, 2, frame_end, n)
-                        limit = n
-                    append(_unpack_H(buf, pos)[0])
-                    pos += 2
-                elif code == 0x4A:  # BININT
-                    if pos + 4 > limit:
-                        frame_end = self.cross(pos, 4, frame_end, n)
-                        limit = n
-                    append(_unpack_i(buf, pos)[0])
-                    pos += 4
-                elif code == 0x89:  # NEWFALSE
-                    append(False)
-                elif code == 0x88:  # NEWTRUE
-                    append(True)
-                elif code == 0x4E:  # NONE
-                    append(None)
+                        mark = len(stack) - 2
+                    if mark > len(stack) or mark <= fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    if (len(stack) - mark) % 2:
+                        raise _Halt(
+                            "pickle.parse_error", "odd number of items for SETITEMS", op_pos
+                        )
+                    self.setitems(stack[mark - 1], stack[mark:], op_pos)
+                    del stack[mark:]
                 elif code == 0x47:  # BINFLOAT
                     if pos + 8 > limit:
                         frame_end = self.cross(pos, 8, frame_end, n)
                         limit = n
                     append(_unpack_d(buf, pos)[0])
                     pos += 8
+                elif code == 0x4D:  # BININT2
+                    if pos + 2 > limit:
+                        frame_end = self.cross(pos, 2, frame_end, n)
+                        limit = n
+                    append(_unpack_H(buf, pos)[0])
+                    pos += 2
+                elif code == 0x5D:  # EMPTY_LIST
+                    append([])
+                elif code == 0x65 or code == 0x61:  # APPENDS / APPEND
+                    if code == 0x65:
+                        if not marks:
+                            raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
+                        mark = marks.pop()
+                        fence = marks[-1] if marks else 0
+                    else:
+                        mark = len(stack) - 1
+                    if mark > len(stack) or mark <= fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    self.appends(stack[mark - 1], stack[mark:], op_pos)
+                    del stack[mark:]
+                elif code == 0x62:  # BUILD
+                    if len(stack) - 2 < fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    state = pop()
+                    target = stack[-1]
+                    if self.mutate(target, "build", op_pos):
+                        target.state = state
+                        target.builds += 1
+                elif code == 0x63 or code == 0x69:  # GLOBAL / INST
+                    if code == 0x69:
+                        if not marks:
+                            raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
+                        mark = marks.pop()
+                        fence = marks[-1] if marks else 0
+                    line1, pos, frame_end = self.readline(pos, frame_end, n, max_text, op_pos)
+                    line2, pos, frame_end = self.readline(pos, frame_end, n, max_text, op_pos)
+                    limit = frame_end if frame_end >= 0 else n
+                    module = self.decode_name(line1, code, op_pos)
+                    name = self.decode_name(line2, code, op_pos)
+                    ref = self.make_global(module, name, op_pos)
+                    if code == 0x63:
+                        append(ref)
+                    else:
+                        args = tuple(stack[mark:])
+                        del stack[mark:]
+                        call = Call(ref, args, "inst", self.base + op_pos)
+                        append(call)
+                        self.on_call(call, op_pos)
+                elif code == 0x88:  # NEWTRUE
+                    append(True)
+                elif code == 0x4E:  # NONE
+                    append(None)
+                elif code == 0x87:  # TUPLE3
+                    if len(stack) - 3 < fence:
+                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                    third = pop()
+                    second = pop()
+                    stack[-1] = (stack[-1], second, third)
+                elif code == 0x4A:  # BININT
+                    if pos + 4 > limit:
+                        frame_end = self.cross(pos, 4, frame_end, n)
+                        limit = n
+                    append(_unpack_i(buf, pos)[0])
+                    pos += 4
                 elif code == 0x8A or code == 0x8B:  # LONG1 / LONG4
                     width = 1 if code == 0x8A else 4
                     if pos + width > limit:
@@ -781,7 +825,23 @@ class _Machine:
                         limit = n
                     append(_from_bytes(buf[pos : pos + size], "little", signed=True))
                     pos += size
-                # ------------------------------------------ strings/bytes
+                elif code == 0x8F:  # EMPTY_SET
+                    append(set())
+                elif code == 0x72 or code == 0x6A:  # LONG_BINPUT / LONG_BINGET
+                    if pos + 4 > limit:
+                        frame_end = self.cross(pos, 4, frame_end, n)
+                        limit = n
+                    idx = _unpack_I(buf, pos)[0]
+                    pos += 4
+                    if code == 0x72:
+                        if len(stack) <= fence:
+                            raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
+                        memo[idx] = stack[-1]
+                    else:
+                        try:
+                            append(memo[idx])
+                        except KeyError:
+                            append(self.memo_miss(idx, op_pos))
                 elif code == 0x43 or code == 0x42 or code == 0x8E or code == 0x96:
                     # SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
                     width = 1 if code == 0x43 else (4 if code == 0x42 else 8)
@@ -826,62 +886,6 @@ class _Machine:
                     else:
                         append(self.py2_str(bytes(buf[pos : pos + size]), op_pos))
                     pos += size
-                elif code == 0x75 or code == 0x73:  # SETITEMS / SETITEM
-                    if code == 0x75:
-                        if not marks:
-                            raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
-                        mark = marks.pop()
-                        fence = marks[-1] if marks else 0
-                    else:
-                        mark = len(stack) - 2
-                    if mark > len(stack) or mark <= fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    if (len(stack) - mark) % 2:
-                        raise _Halt(
-                            "pickle.parse_error", "odd number of items for SETITEMS", op_pos
-                        )
-                    self.setitems(stack[mark - 1], stack[mark:], op_pos)
-                    del stack[mark:]
-                elif code == 0x65 or code == 0x61:  # APPENDS / APPEND
-                    if code == 0x65:
-                        if not marks:
-                            raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
-                        mark = marks.pop()
-                        fence = marks[-1] if marks else 0
-                    else:
-                        mark = len(stack) - 1
-                    if mark > len(stack) or mark <= fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    self.appends(stack[mark - 1], stack[mark:], op_pos)
-                    del stack[mark:]
-                elif code == 0x62:  # BUILD
-                    if len(stack) - 2 < fence:
-                        raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
-                    state = pop()
-                    target = stack[-1]
-                    if self.mutate(target, "build", op_pos):
-                        target.state = state
-                        target.builds += 1
-                elif code == 0x63 or code == 0x69:  # GLOBAL / INST
-                    if code == 0x69:
-                        if not marks:
-                            raise _Halt("pickle.parse_error", "could not find MARK", op_pos)
-                        mark = marks.pop()
-                        fence = marks[-1] if marks else 0
-                    line1, pos, frame_end = self.readline(pos, frame_end, n, max_text, op_pos)
-                    line2, pos, frame_end = self.readline(pos, frame_end, n, max_text, op_pos)
-                    limit = frame_end if frame_end >= 0 else n
-                    module = self.decode_name(line1, code, op_pos)
-                    name = self.decode_name(line2, code, op_pos)
-                    ref = self.make_global(module, name, op_pos)
-                    if code == 0x63:
-                        append(ref)
-                    else:
-                        args = tuple(stack[mark:])
-                        del stack[mark:]
-                        call = Call(ref, args, "inst", self.base + op_pos)
-                        append(call)
-                        self.on_call(call, op_pos)
                 elif code == 0x93:  # STACK_GLOBAL
                     if len(stack) - 2 < fence:
                         raise _Halt("pickle.parse_error", "unpickling stack underflow", op_pos)
@@ -1013,7 +1017,6 @@ class _Machine:
                     else:
                         frame_end = -1
                         limit = n
-                # ------------------------------------------- text opcodes
                 elif code == 0x70 or code == 0x67:  # PUT / GET
                     line, pos, frame_end = self.readline(pos, frame_end, n, max_text, op_pos)
                     limit = frame_end if frame_end >= 0 else n
@@ -1071,7 +1074,6 @@ class _Machine:
                         )
                         pid = Opaque("non-ASCII PERSID", self.base + op_pos)
                     append(self.persistent(pid, op_pos))
-                # ------------------------------------------------ the rest
                 elif code == 0x82 or code == 0x83 or code == 0x84:  # EXT1/2/4
                     width = 1 if code == 0x82 else (2 if code == 0x83 else 4)
                     if pos + width > limit:
@@ -1239,7 +1241,8 @@ class _Machine:
         if isinstance(target, dict):
             for i in range(0, len(items), 2):
                 key = items[i]
-                if self.hashable(key, op_pos):
+                # str and int keys are hashable (hashable() returns True at once for them)
+                if type(key) is str or type(key) is int or self.hashable(key, op_pos):
                     target[key] = items[i + 1]
             return
         if isinstance(target, list):

@@ -13,15 +13,23 @@ of bounds).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainguard.scan.picklevm.machine import PickleResult
 from trainguard.scan.picklevm.values import Call, GlobalRef, PersistentRef
 from trainguard.scan.policy import STORAGE_DTYPES
 
-_logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import logging
+
+
+def _log() -> logging.Logger:
+    """This module's logger, imported on first use (logging is slow to import)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 _REBUILD_GEOMETRY = {
     "torch._utils._rebuild_tensor",
@@ -35,6 +43,8 @@ _REBUILD_WRAPPERS = {
 }
 _MODULE_CONTAINERS = ("_parameters", "_buffers", "_modules")
 _MAX_NODES = 10_000_000
+_LEAF_TYPES = frozenset({int, float, bool, str, bytes, type(None)})
+"""Exact types of scalar nodes: the walk counts them but builds no dotted name for them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,21 +105,40 @@ def _storage_dtype(storage_type: Any) -> str | None:
 
 def _storage_of(value: Any) -> StorageRef | None:
     """The storage a persistent reference names, or None when it is not one."""
+    parts = _storage_parts(value)
+    return None if parts is None else StorageRef(*parts)
+
+
+def _storage_parts(value: Any) -> tuple[str, str, str, int] | None:
+    """``(key, dtype, location, numel)`` of :func:`_storage_of`, without the object
+    (the tensor walk needs only the fields, once per tensor)."""
     if not isinstance(value, PersistentRef):
         return None
     pid = value.pid
-    if not isinstance(pid, tuple) or len(pid) not in (5, 6) or _text(pid[0]) != "storage":
+    if not isinstance(pid, tuple) or len(pid) not in (5, 6):
+        return None
+    kind = pid[0]
+    if (kind if type(kind) is str else _text(kind)) != "storage":
         return None
     dtype = _storage_dtype(pid[1])
-    key = _text(pid[2])
-    location = _text(pid[3])
+    key = pid[2]
+    if type(key) is not str:
+        key = _text(key)
+    location = pid[3]
+    if type(location) is not str:
+        location = _text(location)
     numel = pid[4]
     if dtype is None or key is None or location is None or type(numel) is not int:
         return None
-    return StorageRef(key, dtype, location, numel)
+    return key, dtype, location, numel
 
 
 def _ints(value: Any) -> tuple[int, ...] | None:
+    if type(value) is tuple:  # the common case: a plain tuple of ints, returned as is
+        for item in value:
+            if type(item) is not int:
+                return None
+        return value
     if isinstance(value, Call) and value.target == "torch.Size":
         args = value.args
         value = args[0] if isinstance(args, tuple) and args else None
@@ -118,43 +147,45 @@ def _ints(value: Any) -> tuple[int, ...] | None:
     return None
 
 
+TensorFields = tuple[str, str, int, tuple[int, ...], tuple[int, ...], str, int, bool, str]
+"""The fields of a :class:`TensorRef`, in order (the walk for the scanner's geometry
+check needs only these, and a frozen dataclass costs more to build than a tuple)."""
+
+
 def _tensor(call: Call) -> TensorRef | None:
     """The tensor a rebuild call makes, or None when the call is not a well-formed one."""
-    target = call.target
+    fields = _tensor_fields(call)
+    return None if fields is None else TensorRef(*fields)
+
+
+def _tensor_fields(call: Call) -> TensorFields | None:
+    """:func:`_tensor`'s fields as a tuple."""
+    func = call.func
+    target = func.qualified if isinstance(func, GlobalRef) else None
     args = call.args
     if not isinstance(args, tuple):
         return None
     if target in _REBUILD_WRAPPERS and args and isinstance(args[0], Call):
-        inner = _tensor(args[0])
+        inner = _tensor_fields(args[0])
         if inner is None:
             return None
         requires_grad = len(args) > 1 and args[1] is True
-        return TensorRef(
-            inner.storage_key,
-            inner.dtype,
-            inner.storage_offset,
-            inner.shape,
-            inner.stride,
-            inner.location,
-            inner.storage_numel,
-            requires_grad,
-            inner.rebuild,
-        )
+        return (*inner[:7], requires_grad, inner[8])
     if target == "torch._tensor._rebuild_from_type_v2" and len(args) >= 3:
         func, fargs = args[0], args[2]
         if isinstance(func, GlobalRef) and isinstance(fargs, tuple):
-            return _tensor(Call(func, fargs, call.kind, call.offset))
+            return _tensor_fields(Call(func, fargs, call.kind, call.offset))
         return None
     if target not in _REBUILD_GEOMETRY or len(args) < 4:
         return None
-    storage = _storage_of(args[0])
+    storage = _storage_parts(args[0])
     offset = args[1]
     shape = _ints(args[2])
     stride = _ints(args[3])
     if storage is None or type(offset) is not int or shape is None or stride is None:
-        _logger.debug("malformed rebuild call at offset %s", call.offset)
+        _log().debug("malformed rebuild call at offset %s", call.offset)
         return None
-    dtype = storage.dtype
+    key, dtype, location, numel = storage
     if target == "torch._utils._rebuild_tensor_v3" and len(args) >= 7:
         dt = args[6]
         if isinstance(dt, GlobalRef) and dt.module == "torch":
@@ -164,17 +195,7 @@ def _tensor(call: Call) -> TensorRef | None:
         and len(args) > 4
         and args[4] is True
     )
-    return TensorRef(
-        storage.key,
-        dtype,
-        offset,
-        shape,
-        stride,
-        storage.location,
-        storage.numel,
-        requires_grad,
-        target or "",
-    )
+    return (key, dtype, offset, shape, stride, location, numel, requires_grad, target or "")
 
 
 def _key_text(key: Any) -> str:
@@ -196,18 +217,26 @@ def torch_tensor_refs(root: Any) -> dict[str, TensorRef]:
     state_dict-style names. A tensor reached by two paths (tied weights) appears
     under both names.
     """
-    out: dict[str, TensorRef] = {}
+    return {name: TensorRef(*fields) for name, fields in torch_tensor_fields(root).items()}
+
+
+def torch_tensor_fields(root: Any) -> dict[str, TensorFields]:
+    """:func:`torch_tensor_refs` with each tensor as its :data:`TensorFields` tuple."""
+    out: dict[str, TensorFields] = {}
     seen: set[int] = set()
     todo: list[tuple[Any, tuple[str, ...]]] = [(root, ())]
     nodes = 0
+    leaves = _LEAF_TYPES
     while todo:
         value, path = todo.pop()
         nodes += 1
         if nodes > _MAX_NODES:
-            _logger.warning("tensor walk stopped after %d nodes", _MAX_NODES)
+            _log().warning("tensor walk stopped after %d nodes", _MAX_NODES)
             break
+        if type(value) in leaves:
+            continue  # a scalar: still counted as a node, never holds a tensor
         if isinstance(value, Call):
-            tensor = _tensor(value)
+            tensor = _tensor_fields(value)
             if tensor is not None:
                 out[".".join(path)] = tensor
                 continue
@@ -216,9 +245,15 @@ def torch_tensor_refs(root: Any) -> dict[str, TensorRef]:
             seen.add(id(value))
             children: list[tuple[Any, tuple[str, ...]]] = []
             if value.setitems:
-                children.extend((v, (*path, _key_text(k))) for k, v in value.setitems)
+                children.extend(
+                    (v, path if type(v) in leaves else (*path, _key_text(k)))
+                    for k, v in value.setitems
+                )
             if value.appends:
-                children.extend((v, (*path, str(i))) for i, v in enumerate(value.appends))
+                children.extend(
+                    (v, path if type(v) in leaves else (*path, str(i)))
+                    for i, v in enumerate(value.appends)
+                )
             if value.has_state:
                 state = value.state
                 if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
@@ -230,7 +265,10 @@ def torch_tensor_refs(root: Any) -> dict[str, TensorRef]:
                 continue
             seen.add(id(value))
             items = [
-                (v, path if k in _MODULE_CONTAINERS else (*path, _key_text(k)))
+                (
+                    v,
+                    path if type(v) in leaves or k in _MODULE_CONTAINERS else (*path, _key_text(k)),
+                )
                 for k, v in value.items()
             ]
             todo.extend(reversed(items))
@@ -238,15 +276,27 @@ def torch_tensor_refs(root: Any) -> dict[str, TensorRef]:
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            todo.extend(reversed([(v, (*path, str(i))) for i, v in enumerate(value)]))
+            todo.extend(
+                reversed(
+                    [
+                        (v, path if type(v) in leaves else (*path, str(i)))
+                        for i, v in enumerate(value)
+                    ]
+                )
+            )
     return out
 
 
 def storage_refs(result: PickleResult) -> list[StorageRef]:
     """Every distinct storage the pickle's persistent ids name, in order of appearance."""
-    seen: dict[str, StorageRef] = {}
+    return [StorageRef(*fields) for fields in storage_fields(result)]
+
+
+def storage_fields(result: PickleResult) -> list[tuple[str, str, str, int]]:
+    """:func:`storage_refs` as ``(key, dtype, location, numel)`` tuples."""
+    seen: dict[str, tuple[str, str, str, int]] = {}
     for ref in result.persistent_ids:
-        storage = _storage_of(ref)
-        if storage is not None and storage.key not in seen:
-            seen[storage.key] = storage
+        storage = _storage_parts(ref)
+        if storage is not None and storage[0] not in seen:
+            seen[storage[0]] = storage
     return list(seen.values())
