@@ -121,7 +121,9 @@ def auto_jobs(files: int) -> int:
     scheduler does not give a job more CPU for having more processes, and starting
     them is pure overhead (measured: slower than in-process at a load average above
     the core count). So the count is the cores left idle by the 1-minute load
-    average, plus the one this process runs on.
+    average (rounded: a core at least half idle counts; measured on 2 cores at a load
+    average of 1.4-1.8, two workers took 0.16-0.22 s for 1,000 checkpoints against
+    0.21-0.28 s in-process), plus the one this process runs on.
     """
     if files < AUTO_MIN_FILES:
         return 1
@@ -133,7 +135,7 @@ def auto_jobs(files: int) -> int:
         idle = cores - os.getloadavg()[0]
     except (AttributeError, OSError):
         idle = 0.0
-    wanted = 1 + max(0, int(idle))
+    wanted = 1 + max(0, round(idle))
     return max(1, min(cores, wanted, AUTO_MAX_JOBS, files // (AUTO_MIN_FILES // 2)))
 
 
