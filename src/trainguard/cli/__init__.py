@@ -8,7 +8,6 @@ re-raises so the traceback shows.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -17,6 +16,8 @@ from trainguard.core.exitcodes import EXIT_USAGE
 
 
 def _configure_logging(verbosity: int) -> None:
+    import logging
+
     level_name = os.environ.get("TRAINGUARD_LOGLEVEL", "WARNING").upper()
     level = logging.DEBUG if verbosity else getattr(logging, level_name, logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
@@ -38,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     verbosity: int = getattr(args, "verbose", 0) or 0
-    _configure_logging(verbosity)
+    if verbosity or not getattr(args, "lean_startup", False) or "TRAINGUARD_LOGLEVEL" in os.environ:
+        # A command that sets lean_startup (scan: start-up is part of its cost per file)
+        # keeps Python's last-resort handler, which still prints warnings to stderr.
+        _configure_logging(verbosity)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -79,7 +79,8 @@ def register(subparsers: Any) -> None:
         "byte-identical pickles within this run (same results, slower; for comparison)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(handler=run)
+    # The scanner logs nothing on its normal path: skip importing logging at start-up.
+    parser.set_defaults(handler=run, lean_startup=True)
 
 
 def _jobs(text: str) -> int:

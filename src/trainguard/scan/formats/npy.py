@@ -9,7 +9,6 @@ dtype is worked out here from its description, without importing numpy.
 
 from __future__ import annotations
 
-import ast
 import re
 import struct
 from typing import Any, Final
@@ -125,6 +124,8 @@ def parse_header(data: memoryview) -> tuple[dict[str, Any], int]:
     encoding = "utf-8" if major == 3 else "latin1"
     text = bytes(data[start : start + hlen]).decode(encoding, "replace")
     try:
+        import ast  # only .npy headers need it; keeps the scanner's start-up short
+
         header = ast.literal_eval(text)
     except (ValueError, SyntaxError, RecursionError, MemoryError, TypeError) as exc:
         raise ValueError(f"header is not a Python literal: {exc}") from exc
