@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any, NoReturn
@@ -91,3 +92,14 @@ def render_findings(
 def raise_usage(message: str) -> NoReturn:
     """Abort the command with a usage error (exit 2)."""
     raise UsageError(message)
+
+
+def add_run_ledger_options(parser: argparse.ArgumentParser) -> None:
+    """``--ledger URL`` and ``--run RUN_ID``, for commands that read a run's ledger."""
+    parser.add_argument(
+        "--ledger",
+        default=os.environ.get("TRAINGUARD_LEDGER"),
+        metavar="URL",
+        help="ledger URL (default: sqlite:///RUN_DIR/ledger.sqlite; env TRAINGUARD_LEDGER)",
+    )
+    parser.add_argument("--run", default=None, metavar="RUN_ID", help="only this run id")

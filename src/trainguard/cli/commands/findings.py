@@ -23,7 +23,11 @@ examples:
 
 def register(subparsers: Any) -> None:
     """Add the ``findings`` command."""
-    from trainguard.cli.output import add_fail_on_severity, add_format_option
+    from trainguard.cli.output import (
+        add_fail_on_severity,
+        add_format_option,
+        add_run_ledger_options,
+    )
 
     parser = subparsers.add_parser(
         "findings",
@@ -34,13 +38,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
-    parser.add_argument(
-        "--ledger",
-        default=os.environ.get("TRAINGUARD_LEDGER"),
-        metavar="URL",
-        help="ledger URL (default: sqlite:///RUN_DIR/ledger.sqlite; env TRAINGUARD_LEDGER)",
-    )
-    parser.add_argument("--run", default=None, metavar="RUN_ID", help="only this run id")
+    add_run_ledger_options(parser)
     parser.add_argument(
         "--kind", action="append", default=None, metavar="KIND", help="only these kinds"
     )

@@ -23,7 +23,7 @@ examples:
 
 def register(subparsers: Any) -> None:
     """Add the ``report`` command."""
-    from trainguard.cli.output import add_fail_on_severity
+    from trainguard.cli.output import add_fail_on_severity, add_run_ledger_options
 
     parser = subparsers.add_parser(
         "report",
@@ -42,13 +42,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="the HTML file to write (default: RUN_DIR/report.html)",
     )
-    parser.add_argument(
-        "--ledger",
-        default=os.environ.get("TRAINGUARD_LEDGER"),
-        metavar="URL",
-        help="ledger URL (default: sqlite:///RUN_DIR/ledger.sqlite; env TRAINGUARD_LEDGER)",
-    )
-    parser.add_argument("--run", default=None, metavar="RUN_ID", help="only this run id")
+    add_run_ledger_options(parser)
     parser.add_argument(
         "--key",
         default=None,
