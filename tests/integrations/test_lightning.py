@@ -67,13 +67,6 @@ def test_reversed_sgd_caught_through_the_callback(tmp_path: Path) -> None:
     assert all(f["step"] > 10 for f in of_kind(findings, "loss.anomaly"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the stack sampler counts every frame under trainguard/ as the guard's own time, "
-    "and Lightning's closure now runs under trainguard/integrations/closure.py: "
-    "FileClassifier._classify in guard/checks/sampler.py must class "
-    "trainguard/integrations/ as framework code (one line) for this to pass",
-)
 def test_sleep_in_training_step_is_a_delay_at_its_line(tmp_path: Path) -> None:
     root = tmp_path / "root"
     run_job(PL_JOB, ["--root", str(root), "--steps", "30", "--sleep-ms", "20"], tmp_path)

@@ -18,7 +18,8 @@ Every rank runs one daemon thread (``trainguard-heartbeat``) that, every
    ``process.killed`` for a peer on this host whose process is gone without having
    closed its guard; ``guard.disabled`` for a peer whose heartbeat stopped while its
    process lives, or whose integrity bits are broken; ``rank.hang`` for a peer whose
-   step stopped advancing (see :func:`hang_suspects`).
+   step stopped advancing in its own code (see :func:`hang_suspects`: a rank blocked
+   in a collective is a waiter, never the hung rank, whichever stopped first).
 
 The supervisor (``trainguard run``) applies the same rules from outside the job, so
 a rank that silences its own thread is still reported by the others and by it.
@@ -97,48 +98,62 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+WAITING_WHERE = ("torch", "trainguard")
+"""Where a blocked training thread is waiting for its peers, not hung on its own: inside
+torch (a collective, DDP's backward all-reduce, a barrier) or inside the guard's own
+exchange. Only user (or unknown) code can be the reason a job stops."""
+
+
 def hang_suspects(
     beats: Mapping[int, Mapping[str, Any]], now: float, hang_seconds: float, stale_seconds: float
 ) -> list[tuple[int | None, str]]:
     """Ranks that stopped making progress, with the reason.
 
     Rules: a live rank (fresh heartbeat, not closed) whose step has not advanced for
-    ``hang_seconds`` is stuck. If other live ranks still advance, every stuck rank is
-    hung. If all live ranks are stuck, the ones whose training thread is *not*
-    inside torch (collectives, backward) are hung -- the others are waiting for them;
-    when every stuck rank waits inside torch the job as a whole is hung (rank None).
+    ``hang_seconds`` is stuck. A stuck rank whose training thread is inside torch or
+    the guard (:data:`WAITING_WHERE`) is a *waiter*: it is blocked in a collective on
+    a peer. The hung ranks are the stuck ones that are not waiters (in user code). A
+    waiter is never named while another live rank still advances -- the rank it waits
+    for stopped a moment later (less than a heartbeat suffices) and is about to be
+    stuck itself, in user code -- unless it has been stuck for twice ``hang_seconds``
+    (a rank deadlocked in torch while its peers carry on without it). When every live
+    rank is stuck inside torch, the job as a whole is hung (rank None).
     """
     live = {
         r: b
         for r, b in beats.items()
         if not b.get("closed") and now - float(b.get("time", 0)) <= stale_seconds
     }
-    stuck = {
-        r: b for r, b in live.items() if now - float(b.get("last_step_time", now)) > hang_seconds
-    }
+
+    def idle(b: Mapping[str, Any]) -> float:
+        return now - float(b.get("last_step_time", now))
+
+    stuck = {r: b for r, b in live.items() if idle(b) > hang_seconds}
     if not stuck:
         return []
-    advancing = set(live) - set(stuck)
+    advancing = sorted(set(live) - set(stuck))
+    waiters = sorted(r for r, b in stuck.items() if b.get("stack_where") in WAITING_WHERE)
+    outside = {r: b for r, b in stuck.items() if r not in waiters}
+    if outside:
+        also = f" while ranks {advancing} advance" if advancing else ""
+        wait = f" while ranks {waiters} wait inside torch" if waiters else ""
+        return [
+            (
+                r,
+                f"step {b.get('step')} has not advanced for {idle(b):.0f}s, stuck in "
+                f"{b.get('stack_where')} code ({b.get('stack_top')}){wait}{also}",
+            )
+            for r, b in sorted(outside.items())
+        ]
     if advancing:
         return [
             (
                 r,
-                f"step {b.get('step')} has not advanced for "
-                f"{now - float(b.get('last_step_time', now)):.0f}s while ranks "
-                f"{sorted(advancing)} advance",
+                f"step {b.get('step')} has not advanced for {idle(b):.0f}s inside "
+                f"{b.get('stack_where')} ({b.get('stack_top')}) while ranks {advancing} advance",
             )
             for r, b in sorted(stuck.items())
-        ]
-    outside = {r: b for r, b in stuck.items() if b.get("stack_where") not in ("torch",)}
-    if outside:
-        waiting = sorted(set(stuck) - set(outside))
-        return [
-            (
-                r,
-                f"stuck at step {b.get('step')} in {b.get('stack_where')} code "
-                f"({b.get('stack_top')}) while ranks {waiting} wait inside torch",
-            )
-            for r, b in sorted(outside.items())
+            if idle(b) > 2 * hang_seconds
         ]
     return [(None, f"every live rank {sorted(stuck)} is stuck inside torch (collective)")]
 
@@ -531,6 +546,7 @@ def stacks_of(beats: Iterable[Mapping[str, Any]]) -> dict[int, Sequence[str]]:
 
 __all__ = [
     "HEARTBEAT_DIR",
+    "WAITING_WHERE",
     "HeartbeatMonitor",
     "hang_suspects",
     "heartbeat_path",

@@ -90,6 +90,10 @@ class GuardSettings:
     """Coordinates per parameter summed (and squared) for the replica fingerprint."""
     replica_slices: int = 16
     """Parameters are hashed bitwise one slice at a time; full coverage every N checks."""
+    replica_self_check: bool = True
+    """Each rank also compares its parameters (version counters and the sampled
+    coordinates) between its post-step and its next pre-step, so that a rank whose
+    parameters changed outside the optimizer is named even without a majority (2 ranks)."""
 
     # -- training dynamics ---------------------------------------------------------
     dynamics_params_per_step: int = 4
@@ -108,6 +112,10 @@ class GuardSettings:
     """Robust z of a per-layer gradient norm jump."""
     update_z: float = 10.0
     """Robust z of the update/parameter ratio (per unit learning rate)."""
+    update_consensus: float = 0.5
+    """Fraction of an evaluation's sampled tensors whose update ratio must move the same
+    way before it is reported: a changed learning rate moves every tensor, Adam's
+    update of one small tensor legitimately collapses when its gradient changes sign."""
 
     # -- optimizer re-computation --------------------------------------------------
     audit_every: int = 20
@@ -213,6 +221,8 @@ class GuardSettings:
             raise GuardError("guard setting data_parallel must be auto, on or off")
         if not 0.0 < self.delay_fraction < 1.0:
             raise GuardError("guard setting delay_fraction must be in (0, 1)")
+        if not 0.0 < self.update_consensus <= 1.0:
+            raise GuardError("guard setting update_consensus must be in (0, 1]")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

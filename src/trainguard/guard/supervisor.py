@@ -523,6 +523,7 @@ class Supervisor:
                     "stack": beat.get("stack"),
                     "pid": beat.get("pid"),
                     "stacks": {str(r): b.get("stack") for r, b in live.items()},
+                    "where": {str(r): b.get("stack_where") for r, b in live.items()},
                 },
             )
             if cfg.hang_action == "kill" and self._killing_since is None:

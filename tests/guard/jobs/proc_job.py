@@ -137,6 +137,8 @@ def main() -> int:
             loss = torch.nn.functional.mse_loss(wrapped(x), y)
             opt.zero_grad()
             loss.backward()
+            if args.scenario == "hang_after_peer" and mine and step == 2:
+                time.sleep(1.0)  # this rank's step 3 ends a second after its peer's
             opt.step()
             guard.observe(loss=loss)
             step += 1
@@ -175,6 +177,12 @@ def inject(scenario: str, step: int, mine: bool, guard: Any) -> None:
         torch.manual_seed(5)  # the entry point may reseed: telemetry, not a finding
     if scenario == "hang" and mine and step == 3:
         time.sleep(3600)
+    if scenario == "hang_after_peer" and step == 3:
+        # The peer enters the next collective at once; this rank never joins it.
+        if mine:
+            time.sleep(3600)
+        else:
+            dist.barrier()
     if scenario == "disable" and step == 3:
         rank = guard.rank
         if rank == 1:

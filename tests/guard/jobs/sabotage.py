@@ -154,3 +154,35 @@ def install_zero_grads(model: torch.nn.Module, from_step: int) -> None:
         return grad * 0.0 if STATE["step"] >= from_step else grad
 
     first.register_hook(hook)
+
+
+def tie_target() -> int:
+    """The rank the two-rank tie-break tests corrupt (``SABOTAGE_RANK``, default 1)."""
+    return int(os.environ.get("SABOTAGE_RANK", "1"))
+
+
+def install_local_corruption(model: torch.nn.Module, rank: int, how: str, first: int) -> None:
+    """From loop step ``first`` on, corrupt the target rank's local gradient (all layers)."""
+    if rank != tie_target():
+        return
+    gen = torch.Generator().manual_seed(77)
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        if STATE["step"] < first:
+            return grad
+        if how == "scale":
+            return grad * 10.0
+        if how == "sign":
+            return -grad
+        noise = torch.randn(grad.shape, generator=gen, dtype=grad.dtype)
+        return grad + 5.0 * grad.std() * noise
+
+    for p in model.parameters():
+        p.register_hook(hook)
+
+
+def alter_weights(model: torch.nn.Module, rank: int, step: int, everywhere: bool) -> None:
+    """After the step at loop step 12: the target rank (or every rank) scales one matrix."""
+    if step == 12 and (everywhere or rank == tie_target()):
+        with torch.no_grad():
+            list(model.parameters())[-2].mul_(1.001)

@@ -46,6 +46,21 @@ def _event_counts(sink: object) -> dict[str, int] | None:
     return counts
 
 
+def _save(
+    guard: object, args: argparse.Namespace, model: MLP, extra: torch.Tensor, at: int
+) -> float:
+    """One checkpoint of rank 0 in the loop (model + ``--save-mb`` of extra state)."""
+    start = time.perf_counter()
+    state = {"model": model.state_dict(), "extra": extra}
+    path = Path(args.out) / "ckpt" / f"step-{at}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if args.save_with == "guard":
+        guard.save_checkpoint(state, path, step=at)  # type: ignore[attr-defined]
+    else:
+        torch.save(state, path)
+    return time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -55,6 +70,13 @@ def main() -> int:
     parser.add_argument("--settings", default="{}")
     parser.add_argument("--no-ddp", action="store_true")
     parser.add_argument("--memory-sink", action="store_true")
+    parser.add_argument(
+        "--save-every", type=int, default=0, help="rank 0 saves a checkpoint every N steps"
+    )
+    parser.add_argument("--save-with", default="guard", choices=["guard", "torch"])
+    parser.add_argument(
+        "--save-mb", type=float, default=0.0, help="extra state in each checkpoint (MiB)"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -79,6 +101,8 @@ def main() -> int:
     model = MLP()
     if args.sabotage == "grad_phases":
         sabotage.install_grad_corruption(model, rank)
+    if args.sabotage.startswith("grad_tie_"):
+        sabotage.install_local_corruption(model, rank, args.sabotage.removeprefix("grad_tie_"), 15)
     if args.sabotage == "zero_grads":
         sabotage.install_zero_grads(model, from_step=15)
     wrapped: torch.nn.Module = model
@@ -99,6 +123,8 @@ def main() -> int:
     gen = torch.Generator().manual_seed(1000 + rank)
     delay = sabotage.DELAYS.get(args.sabotage)
     losses = []
+    saves: list[float] = []
+    extra = torch.randn(int(args.save_mb * 2**18), generator=torch.Generator().manual_seed(7))
     t0 = time.perf_counter()
     for step in range(args.steps):
         sabotage.STATE["step"] = step
@@ -120,6 +146,10 @@ def main() -> int:
         losses.append(float(loss))
         if args.sabotage == "param_corrupt":
             sabotage.corrupt_params(model, rank, step)
+        if args.sabotage in ("param_tie", "param_all"):
+            sabotage.alter_weights(model, rank, step, args.sabotage == "param_all")
+        if rank == 0 and args.save_every and (step + 1) % args.save_every == 0:
+            saves.append(_save(guard, args, model, extra, step + 1))
     elapsed = time.perf_counter() - t0
     timing = guard.monitor("timing")
     guard.close()
@@ -134,6 +164,7 @@ def main() -> int:
         "events": _event_counts(sink),
         "replica_checks": [p for k, p in sink.events if k == "replica.check"] if sink else None,
         "fingerprints": getattr(guard.monitor("gradients"), "fingerprints", None),
+        "save_seconds": saves,
     }
     Path(args.out, f"rank{rank}.json").write_text(json.dumps(result, default=str))
     if world > 1:

@@ -9,7 +9,9 @@ device sync), it records:
   robust sigmas; exactly zero where it was not: "gradients zeroed for a layer";
   non-finite: NaN/Inf);
 - the update/parameter ratio per unit learning rate (band in log space: a silently
-  scaled learning rate or a missing update moves it by orders of magnitude);
+  scaled learning rate or a missing update moves it by orders of magnitude),
+  reported when at least ``update_consensus`` of an evaluation's observations moved
+  the same way (one small tensor's Adam update legitimately collapses now and then);
 - the loss from ``guard.observe(loss=...)``: non-finite, or a spike of ``loss_z``
   robust sigmas above its rolling median.
 
@@ -21,15 +23,28 @@ history so a sustained attack does not become the new normal.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from trainguard.core.findings import Severity
 from trainguard.guard.base import GuardContext
-from trainguard.guard.checks.common import flat_view, sample_indices, trainable_parameters
+from trainguard.guard.checks.common import sample_indices, trainable_parameters
 from trainguard.guard.findingutil import make_finding
 from trainguard.guard.stats import RollingBand, Throttle
+
+
+@dataclass(frozen=True)
+class _UpdateObs:
+    """One tensor's update/parameter ratio on one step, judged against its band."""
+
+    step: int
+    param: int
+    log_ratio: float
+    z: float | None
+    center: float
+    lr: float
 
 
 class DynamicsMonitor:
@@ -43,17 +58,15 @@ class DynamicsMonitor:
         self._params: list[torch.nn.Parameter] = []
         self._idx: list[torch.Tensor] = []
         self._cursor = 0
-        self._current: tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor, float] | None = (
-            None
-        )
-        self._pending: list[tuple[int, list[int], torch.Tensor, float]] = []
+        self._k = 1
+        self._current: tuple[list[int], torch.Tensor, float] | None = None
+        self._pending: list[tuple[int, list[int], torch.Tensor, torch.Tensor, float]] = []
         self._losses: list[tuple[int, torch.Tensor]] = []
         self._grad_bands: list[RollingBand] = []
         self._update_bands: list[RollingBand] = []
         self._loss_band: RollingBand | None = None
         self._throttle = Throttle(100)
         self._groups: dict[int, dict[str, Any]] = {}
-        self._segments: dict[tuple[int, ...], torch.Tensor] = {}
 
     def start(self, ctx: GuardContext) -> None:
         """Draw sampled coordinates (private seed) and create the bands."""
@@ -66,8 +79,8 @@ class DynamicsMonitor:
             for p in group.get("params", []):
                 self._groups[id(p)] = group
         gen = torch.Generator().manual_seed(int(s["sketch_seed"]) + 2 + ctx.rank)
-        k = int(s["dynamics_coords"])
-        self._idx = [sample_indices(p.numel(), k, gen, p.device) for p in self._params]
+        k = self._k = int(s["dynamics_coords"])
+        self._idx = [_exactly(sample_indices(p.numel(), k, gen, p.device), k) for p in self._params]
         window, warmup = int(s["dynamics_window"]), int(s["dynamics_warmup"])
         self._grad_bands = [
             RollingBand(window, warmup, rel_floor=0.0, abs_floor=0.25) for _ in self._params
@@ -93,53 +106,33 @@ class DynamicsMonitor:
             j = self._cursor
             self._cursor = (self._cursor + 1) % n
             p = self._params[j]
-            if p.grad is not None and not p.grad.is_sparse:
+            if p.grad is not None and not p.grad.is_sparse and p.numel() > 0:
                 chosen.append(j)
             if len(chosen) >= per:
                 break
         if not chosen:
             self._current = None
             return
-        with torch.no_grad():
-            grads = torch.cat(
-                [_grad(self._params[j]).index_select(0, self._idx[j]) for j in chosen]
+        # One copy of this step's sampled gradient and parameter values; all arithmetic
+        # is deferred to the evaluation, batched over its steps (fewer kernel launches).
+        params, idx = self._params, self._idx
+        with torch.no_grad():  # reshape under no_grad: no autograd bookkeeping to detach
+            snap = torch.cat(
+                [_grad(params[j]).reshape(-1).index_select(0, idx[j]) for j in chosen]
+                + [params[j].reshape(-1).index_select(0, idx[j]) for j in chosen]
             )
-            before = torch.cat(
-                [flat_view(self._params[j]).index_select(0, self._idx[j]) for j in chosen]
-            )
-        key = tuple(chosen)
-        seg = self._segments.get(key)
-        if seg is None:
-            seg = torch.cat(
-                [
-                    torch.full((self._idx[j].numel(),), i, dtype=torch.long, device=grads.device)
-                    for i, j in enumerate(chosen)
-                ]
-            )
-            if len(self._segments) > 4096:
-                self._segments.clear()
-            self._segments[key] = seg
         lr = _group_lr(self._groups.get(id(self._params[chosen[0]])))
-        self._current = (chosen, seg, grads, before, lr)
+        self._current = (chosen, snap, lr)
 
     def after_step(self, ctx: GuardContext) -> None:
-        """Measure the update of the snapshot subset; evaluate every ``dynamics_every`` steps."""
+        """Copy the subset's new values; evaluate every ``dynamics_every`` steps."""
         cur, self._current = self._current, None
         if cur is not None:
-            chosen, seg, g, before, lr = cur
+            chosen, snap, lr = cur
+            params, idx = self._params, self._idx
             with torch.no_grad():
-                after = torch.cat(
-                    [flat_view(self._params[j]).index_select(0, self._idx[j]) for j in chosen]
-                )
-                m = len(chosen)
-                # One index_add over [g^2, d^2, p^2, 1] columns: per-parameter sums in a
-                # single kernel; float32 on the device, read as float64 on the host.
-                d = after - before
-                cols = torch.stack([g * g, d * d, before * before, torch.ones_like(g)], dim=1)
-                sums = torch.zeros(m, 4, dtype=cols.dtype, device=cols.device).index_add_(
-                    0, seg, cols
-                )
-            self._pending.append((ctx.step, chosen, sums.t().reshape(-1), lr))
+                after = torch.cat([params[j].reshape(-1).index_select(0, idx[j]) for j in chosen])
+            self._pending.append((ctx.step, chosen, snap, after, lr))
         if ctx.step % int(ctx.settings["dynamics_every"]) == 0:
             self._evaluate(ctx)
 
@@ -160,25 +153,53 @@ class DynamicsMonitor:
         pending, self._pending = self._pending, []
         losses, self._losses = self._losses, []
         if pending:
-            flat = torch.cat([t.reshape(-1) for _, _, t, _ in pending]).cpu().tolist()
+            k = self._k
+            with torch.no_grad():
+                # Every sampled parameter has exactly k coordinates: the steps stack into
+                # (rows, k) blocks, reduced per row in one pass, one host copy.
+                snaps = torch.cat([snap.view(2, -1, k) for _, _, snap, _, _ in pending], dim=1)
+                after = torch.cat([a.view(-1, k) for _, _, _, a, _ in pending])
+                grads, before = snaps[0], snaps[1]
+                sums = torch.stack(
+                    [
+                        grads.square().sum(1),
+                        (after - before).square().sum(1),
+                        before.square().sum(1),
+                    ]
+                )
+                flat = sums.to(torch.float64).cpu().tolist()
+            gsq, dsq, psq = flat
             pos = 0
-            for step, chosen, t, lr in pending:
-                n = t.numel()
-                self._check_step(ctx, step, chosen, flat[pos : pos + n], lr)
-                pos += n
+            updates: list[_UpdateObs] = []
+            for step, chosen, _, _, lr in pending:
+                m = len(chosen)
+                vals = (gsq[pos : pos + m], dsq[pos : pos + m], psq[pos : pos + m])
+                self._check_step(ctx, step, chosen, vals, lr, updates)
+                pos += m
+            self._judge_updates(ctx, updates)
         if losses:
             values = torch.cat([t for _, t in losses]).cpu().tolist()
             for (step, _), v in zip(losses, values, strict=True):
                 self._check_loss(ctx, step, v)
 
     def _check_step(
-        self, ctx: GuardContext, step: int, chosen: list[int], vals: list[float], lr: float
+        self,
+        ctx: GuardContext,
+        step: int,
+        chosen: list[int],
+        vals: tuple[list[float], list[float], list[float]],
+        lr: float,
+        updates: list[_UpdateObs],
     ) -> None:
+        """Gradient checks of one step; its update ratios are appended to ``updates``.
+
+        ``vals``: per chosen parameter, the sums of squares of the sampled gradient,
+        update and parameter values.
+        """
         s = ctx.settings
-        m = len(chosen)
-        gsq, dsq, psq, cnt = vals[:m], vals[m : 2 * m], vals[2 * m : 3 * m], vals[3 * m : 4 * m]
+        gsq, dsq, psq = vals
+        k = float(self._k)
         for i, j in enumerate(chosen):
-            k = max(cnt[i], 1.0)
             grms = math.sqrt(gsq[i] / k) if math.isfinite(gsq[i]) else math.inf
             band = self._grad_bands[j]
             name = self.names[j]
@@ -231,26 +252,7 @@ class DynamicsMonitor:
                 ub = self._update_bands[j]
                 if ratio > 0.0 and math.isfinite(ratio):
                     lu = math.log(ratio)
-                    uz = ub.z(lu)
-                    if uz is not None and abs(uz) >= float(s["update_z"]):
-                        self._report(
-                            ctx,
-                            step,
-                            "grad.anomaly",
-                            ("update_ratio", name),
-                            f"Update of {name} is {math.exp(lu - ub.center()):.2g}x its usual size "
-                            "per unit "
-                            "learning rate (learning rate silently changed?).",
-                            {
-                                "param": name,
-                                "check": "update_ratio",
-                                "robust_z": round(uz, 2),
-                                "lr": lr,
-                            },
-                            Severity.HIGH,
-                        )
-                    else:
-                        ub.add(lu)
+                    updates.append(_UpdateObs(step, j, lu, ub.z(lu), ub.center(), lr))
                 elif ratio == 0.0 and ub.ready and grms > 0.0:
                     self._report(
                         ctx,
@@ -262,6 +264,56 @@ class DynamicsMonitor:
                         {"param": name, "check": "no_update", "lr": lr},
                         Severity.HIGH,
                     )
+
+    def _judge_updates(self, ctx: GuardContext, updates: list[_UpdateObs]) -> None:
+        """Report update ratios that moved together; grow the bands with the rest.
+
+        A silently changed learning rate (or a scaled update kernel) moves the update
+        of every tensor it touches by the same factor, so a report needs at least
+        ``update_consensus`` of the evaluation's judged observations (and two of
+        them) beyond ``update_z`` in the same direction. One tensor alone is not
+        enough: Adam's update of a small tensor collapses by orders of magnitude,
+        legitimately, on the steps where its first moment changes sign. Outlying
+        observations never enter the bands, confirmed or not, so a sustained attack
+        does not become the new normal. A tampering confined to a few tensors is the
+        optimizer re-computation's to find.
+        """
+        if not updates:
+            return
+        limit = float(ctx.settings["update_z"])
+        judged = [u for u in updates if u.z is not None]
+        need = max(2, math.ceil(float(ctx.settings["update_consensus"]) * len(judged)))
+        for sign, direction in ((1.0, "larger"), (-1.0, "smaller")):
+            moved = [u for u in judged if u.z is not None and sign * u.z >= limit]
+            if len(moved) < need:
+                continue
+            factors = sorted(math.exp(u.log_ratio - u.center) for u in moved)
+            factor = factors[len(factors) // 2]
+            names = sorted({self.names[u.param] for u in moved})
+            zs = sorted(abs(u.z) for u in moved if u.z is not None)
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            self._report(
+                ctx,
+                max(u.step for u in moved),
+                "grad.anomaly",
+                ("update_ratio", direction),
+                f"Updates of {len(moved)} of {len(judged)} sampled tensor observations "
+                f"({shown}) are {factor:.2g}x their usual size per unit learning rate "
+                "(learning rate silently changed?).",
+                {
+                    "params": names,
+                    "check": "update_ratio",
+                    "factor": factor,
+                    "robust_z": round(zs[len(zs) // 2], 2),
+                    "moved": len(moved),
+                    "judged": len(judged),
+                    "lr": moved[-1].lr,
+                },
+                Severity.HIGH,
+            )
+        for u in updates:
+            if u.z is None or abs(u.z) < limit:
+                self._update_bands[u.param].add(u.log_ratio)
 
     def _check_loss(self, ctx: GuardContext, step: int, value: float) -> None:
         band = self._loss_band
@@ -323,6 +375,15 @@ def _group_lr(group: dict[str, Any] | None) -> float:
     return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
 
 
+def _exactly(idx: torch.Tensor, k: int) -> torch.Tensor:
+    """``idx`` repeated cyclically to exactly ``k`` entries (a parameter with fewer
+    elements than ``k``), so every sampled parameter has the same number of rows."""
+    if idx.numel() >= k:
+        return idx[:k]
+    reps = -(-k // max(idx.numel(), 1))
+    return idx.repeat(reps)[:k]
+
+
 def _grad(p: torch.Tensor) -> torch.Tensor:
-    """Flat view of ``p``'s gradient (zeros when it has none)."""
-    return flat_view(p.grad if p.grad is not None else torch.zeros_like(p))
+    """``p``'s gradient (zeros when it has none)."""
+    return p.grad if p.grad is not None else torch.zeros_like(p)

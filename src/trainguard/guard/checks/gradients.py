@@ -35,8 +35,11 @@ loop per layer on clean exchanges):
   a rank is an outlier when its cosine is negative and below the median of the
   others by ``grad_cos_margin``. Catches sign flips, which keep the norm.
 
-With 3 or more ranks the outlier is named by majority. With 2 ranks the two disagree
-symmetrically: the finding is reported without a rank.
+With 3 or more ranks the outlier is named by majority. With 2 ranks (or no majority)
+the two disagree symmetrically, so the tie is broken by each rank's own trajectory
+(:mod:`trainguard.guard.checks.gradtrack`): the rank whose local gradient departs from
+its own recent norms and from the previous all-reduced direction while the other's does
+not is named; when neither or both depart, the finding is reported without a rank.
 """
 
 from __future__ import annotations
@@ -54,10 +57,14 @@ import torch
 from trainguard.core.findings import Severity
 from trainguard.guard.base import GuardContext
 from trainguard.guard.checks.common import is_replicated, sample_indices, trainable_parameters
+from trainguard.guard.checks.gradtrack import Trajectory
 from trainguard.guard.findingutil import make_finding
 from trainguard.guard.stats import MAD_TO_SIGMA, Throttle, median
 
 _logger = logging.getLogger(__name__)
+
+_DECIDE_WINDOWS = 2
+"""Disagreeing windows (no majority) in which the own-trajectory tie-break may decide."""
 
 
 class _CommHookSlot:
@@ -134,6 +141,9 @@ class GradientMonitor:
         self._history = torch.zeros(0, 0, dtype=torch.float64)
         self._hist_pos = 0
         self._seg = torch.zeros(0, dtype=torch.long)
+        self._trajectory: Trajectory | None = None
+        self._episode: dict[str, Any] | None = None
+        """The current run of disagreeing windows without a majority, and its verdict."""
         self._streak: dict[int, int] = {}
         self._ctx: GuardContext | None = None
         self._secret = 0
@@ -426,6 +436,7 @@ class GradientMonitor:
         self._direction(sketch, alive, norm_hits, s, flagged)
         global_cos = self._global_cos(sketch)
         names_rank = world >= int(s["grad_min_world"])
+        trajectory = self._trajectory_for(world, s)
         if not flagged:
             # Pool every rank's |deviation| except the median rank's exact zero.
             rows = devs.abs().masked_fill(devs == 0.0, math.nan)
@@ -433,17 +444,40 @@ class GradientMonitor:
             for row in rows:
                 hist[self._hist_pos] = row
                 self._hist_pos = (self._hist_pos + 1) % hist.shape[0]
+            trajectory.learn(log_norms, sketch, alive)
+            self._episode = None
             self._streak.clear()
             return
         if names_rank and len(flagged) * 2 >= world:
             # More than half the ranks disagree: no majority to name an outlier.
             names_rank = False
+        tie: dict[str, Any] | None = None
+        if not names_rank:
+            # No majority (2 ranks): the rank that left its own trajectory is named.
+            where = {name: j for j, name in enumerate(self.names)}
+            layers = sorted(
+                {where[e["param"]] for w in flagged.values() for e in w["norm"] + w["direction"]}
+            )
+            tie = self._tie_break(ctx, trajectory, log_norms, sketch, alive, layers)
+            culprit = tie.get("rank")
+            if culprit in flagged:
+                flagged = {culprit: flagged[culprit]}
+            elif culprit is not None:
+                # A rank the peer comparison did not flag cannot be named by the tie-break.
+                tie = {**tie, "rank": None}
+            if tie.get("rank") is None:
+                # Two honest ranks on different data can point a small layer in opposite
+                # directions (seen on a bias in a clean Trainer job); a direction-only
+                # disagreement that no rank's own history corroborates is not reported.
+                flagged = {i: w for i, w in flagged.items() if w["norm"]}
+                if not flagged:
+                    return
         for i, why in sorted(flagged.items()):
             self._streak[i] = self._streak.get(i, 0) + 1
             if self._streak[i] < int(s["grad_windows"]):
                 continue
             kinds = tuple(k for k in ("norm", "direction") if why[k])
-            about: int | None = i if names_rank else None
+            about: int | None = i if names_rank or (tie is not None and tie["rank"] == i) else None
             if not self._throttle.allow(("grad.rank_outlier", about, kinds), ctx.step):
                 continue
             first = (why["norm"] or why["direction"])[0]
@@ -456,6 +490,8 @@ class GradientMonitor:
                     f"{first['param']} gradient points away from its peers (cosine {cosine:.2f})"
                 )
             who = f"Rank {i}" if about is not None else f"One of ranks {list(range(world))}"
+            if tie is not None:
+                detail += "; " + str(tie["why"])
             ctx.report(
                 make_finding(
                     ctx,
@@ -470,9 +506,67 @@ class GradientMonitor:
                         "global_cosine_by_rank": [round(c, 4) for c in global_cos],
                         "steps_in_window": counts.tolist(),
                         "hook": self.mode,
+                        **({"own_trajectory": tie} if tie is not None else {}),
                     },
                 )
             )
+
+    def _tie_break(
+        self,
+        ctx: GuardContext,
+        trajectory: Trajectory,
+        log_norms: torch.Tensor,
+        sketch: torch.Tensor,
+        alive: torch.Tensor,
+        layers: list[int],
+    ) -> dict[str, Any]:
+        """Who left its own trajectory, decided in the first windows of a disagreement.
+
+        Only the first ``_DECIDE_WINDOWS`` windows of an episode decide: later, the
+        corrupted all-reduce has moved the model and every rank's gradient has left the
+        pre-attack history. The verdict then holds until a window is clean again.
+        """
+        episode = self._episode
+        if episode is None:
+            episode = self._episode = {"since_step": ctx.step, "windows": 0, "verdict": None}
+        episode["windows"] += 1
+        verdict = episode["verdict"]
+        if verdict is not None:
+            return {
+                **verdict,
+                "decided_at_step": episode["decided_at_step"],
+                "disagreeing_since_step": episode["since_step"],
+            }
+        if episode["windows"] > _DECIDE_WINDOWS:
+            return {
+                "rank": None,
+                "why": "no rank left its own trajectory alone when the disagreement began",
+                "disagreeing_since_step": episode["since_step"],
+            }
+        tie = trajectory.blame(log_norms, sketch, alive, layers, self.names)
+        if tie.get("rank") is not None:
+            episode["verdict"] = tie
+            episode["decided_at_step"] = ctx.step
+            return {
+                **tie,
+                "decided_at_step": ctx.step,
+                "disagreeing_since_step": episode["since_step"],
+            }
+        return {**tie, "disagreeing_since_step": episode["since_step"]}
+
+    def _trajectory_for(self, world: int, s: dict[str, Any]) -> Trajectory:
+        """Every rank's own history (identical on every rank: built from the gathers)."""
+        if self._trajectory is None or self._trajectory.world != world:
+            self._trajectory = Trajectory(
+                world,
+                self._seg,
+                len(self._params),
+                log_ratio=float(s["grad_log_ratio"]),
+                log_ratio_min=float(s["grad_log_ratio_min"]),
+                z=float(s["grad_z"]),
+                cos_margin=float(s["grad_cos_margin"]),
+            )
+        return self._trajectory
 
     def _segment_sums(self, values: torch.Tensor) -> torch.Tensor:
         """Per-parameter sums of a ``[world, sketch]`` tensor: ``[world, params]``."""
@@ -506,7 +600,11 @@ class GradientMonitor:
             column = cos[:, j].tolist()
             c = column[i]
             others = [x for n, x in enumerate(column) if n != i]
-            if median(others) - c >= margin:
+            # Two ranks are each other's only peer: a sign flip makes both cosines
+            # negative, so the pair is flagged (the tie-break names one) when it is
+            # clearly negative; with more ranks the odd one out must stand apart.
+            pair = len(column) == 2 and c < -margin
+            if pair or median(others) - c >= margin:
                 flagged.setdefault(i, {"norm": [], "direction": []})["direction"].append(
                     {
                         "param": self.names[j],

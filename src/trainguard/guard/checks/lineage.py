@@ -18,8 +18,9 @@ stolen key but never recorded by the guard is still ``weights.tampered``).
 
 1. verify the signature and every byte against the manifest
    (:func:`trainguard.manifest.verify_path`); a missing key, a missing or bad
-   signature, or changed bytes is ``weights.tampered`` (the diff names the tensors)
-   and the load is refused (:class:`~trainguard.core.errors.UnsafeFileError`);
+   signature, or changed bytes is ``weights.tampered`` (the message names the
+   checkpoint file and each changed tensor with what changed) and the load is
+   refused (:class:`~trainguard.core.errors.UnsafeFileError`);
 2. the file digest must be one the ledger recorded for this run directory, else
    ``weights.tampered``;
 3. the checkpoint's step must not be older than the newest step recorded in the
@@ -255,11 +256,58 @@ class LineageMonitor:
         ours = make_finding(
             ctx,
             finding.rule,
-            f"Rank {ctx.rank}: {finding.message}",
+            f"Rank {ctx.rank}: {_describe_verify_finding(finding, target)}",
             severity=finding.severity,
             evidence={**finding.evidence, "checkpoint": str(target)},
         )
         ctx.report(dataclasses.replace(ours, path=finding.path or str(target)))
+
+
+def _describe_verify_finding(finding: Finding, target: Path) -> str:
+    """A sentence naming the checkpoint file and what in it changed.
+
+    The manifest verifier describes a change relative to the signed model (``.`` for a
+    single-file checkpoint: ``".: 1 tensor: w (data)"``), which means nothing in a
+    training log; here the file is named in full and each tensor with what changed.
+    """
+    ev = finding.evidence
+    where = finding.path or str(target)
+    change = ev.get("change")
+    if change in ("added", "removed"):
+        return f"checkpoint file {where} was {change} after signing."
+    if change != "changed":
+        return f"checkpoint {where}: {finding.message}"
+    parts: list[str] = []
+    size = (ev.get("signed_size"), ev.get("size"))
+    if None not in size and size[0] != size[1]:
+        parts.append(f"its size changed from {size[0]} to {size[1]} bytes")
+    tensors = [t for t in ev.get("tensors", ()) if isinstance(t, dict)]
+    if tensors:
+        shown = "; ".join(_describe_tensor(t) for t in tensors[:10])
+        more = f"; and {len(tensors) - 10} more" if len(tensors) > 10 else ""
+        parts.append(("tensor " if len(tensors) == 1 else "tensors ") + shown + more)
+    regions = [str(r) for r in ev.get("regions", ())]
+    if regions:
+        parts.append("non-tensor bytes changed in " + ", ".join(regions[:10]))
+    if not parts:
+        parts.append("its bytes differ")
+    return f"checkpoint {where} does not match its signed manifest: " + "; ".join(parts) + "."
+
+
+def _describe_tensor(tensor: dict[str, Any]) -> str:
+    """``'w': data changed (3 of 6 elements differ)`` or ``'w' was removed``."""
+    name = tensor.get("name")
+    kind = tensor.get("change")
+    if kind != "changed":
+        return f"{name!r} was {kind}"
+    fields = ", ".join(str(f) for f in tensor.get("fields", ())) or "bytes"
+    counted = tensor.get("differing_elements")
+    detail = (
+        f" ({counted} of {tensor.get('total_elements')} elements differ)"
+        if counted is not None
+        else ""
+    )
+    return f"{name!r}: {fields} changed{detail}"
 
 
 def _scan_and_load(target: Path, map_location: Any, allow: tuple[str, ...]) -> Any:

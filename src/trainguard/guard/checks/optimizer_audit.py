@@ -38,7 +38,6 @@ import torch
 
 from trainguard.core.findings import Severity
 from trainguard.guard.base import GuardContext
-from trainguard.guard.checks.common import flat_view
 from trainguard.guard.findingutil import make_finding
 from trainguard.guard.stats import Throttle, median
 
@@ -57,6 +56,9 @@ class _Snap:
     state: dict[str, torch.Tensor | None]
     step: float
     hyper: dict[str, Any]
+    group: int = 0
+    """Identity of the parameter group: snapshots sharing group, state keys and step
+    are re-computed together, as one float64 vector."""
 
 
 def _kind(optimizer: Any) -> str | None:
@@ -176,26 +178,30 @@ class OptimizerAuditMonitor:
         if len(candidates) > limit:
             candidates = self._rng.sample(candidates, limit)
         # Gather every sampled value on its device first and copy to the host once:
-        # one device sync per audit, not one per tensor.
+        # one device sync per audit, not one per tensor. The coordinates of every
+        # candidate are drawn in one call (with replacement, as before).
         keys = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
         pieces: list[torch.Tensor] = []
         layout: list[tuple[torch.Tensor, dict[str, Any], torch.Tensor, list[str], float]] = []
+        if not candidates:
+            return
+        numels = torch.tensor([p.numel() for p, _ in candidates], dtype=torch.float64)
+        draws = torch.rand(len(candidates), k, generator=self._gen, dtype=torch.float64)
+        drawn = torch.minimum((draws * numels[:, None]).long(), numels.long()[:, None] - 1)
         with torch.no_grad():
-            for p, group in candidates:
+            for row, (p, group) in enumerate(candidates):
                 n = p.numel()
-                idx = torch.randint(n, (min(k, n),), generator=self._gen).to(p.device)
+                idx = drawn[row, : min(k, n)].to(p.device)
                 state = ctx.optimizer.state.get(p, {})
                 present = [key for key in keys if isinstance(state.get(key), torch.Tensor)]
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
                 pieces.extend(
-                    flat_view(t).index_select(0, idx).to(torch.float64)
+                    t.reshape(-1).index_select(0, idx)
                     for t in (p, grad, *(state[key] for key in present))
                 )
                 layout.append((p, group, idx, present, _num(state.get("step", 0.0))))
-            if not pieces:
-                return
             device = pieces[0].device
-            host = torch.cat([t.to(device) for t in pieces]).cpu()
+            host = torch.cat([t.to(device) for t in pieces]).to(torch.float64).cpu()
         pos = 0
         for p, group, idx, present, step in layout:
             k_p = idx.numel()
@@ -213,8 +219,30 @@ class OptimizerAuditMonitor:
                     state=sampled,
                     step=step,
                     hyper={key: v for key, v in group.items() if key != "params"},
+                    group=id(group),
                 )
             )
+
+    def _expected(self, batch: list[_Snap]) -> torch.Tensor:
+        """Expected new values of a batch of snapshots sharing group, state keys and step."""
+        first = batch[0]
+        merged = _Snap(
+            name=first.name,
+            param=first.param,
+            idx=first.idx,
+            p=torch.cat([snap.p for snap in batch]),
+            g=torch.cat([snap.g for snap in batch]),
+            state={
+                key: None if value is None else torch.cat(_present(batch, key))
+                for key, value in first.state.items()
+            },
+            step=first.step,
+            hyper=first.hyper,
+            group=first.group,
+        )
+        if self.kind == "sgd":
+            return expected_sgd(merged)[0]
+        return expected_adam(merged, decoupled_default=self.kind == "adamw")
 
     def after_step(self, ctx: GuardContext) -> None:
         """Compare the actual update with the re-computed one."""
@@ -228,63 +256,75 @@ class OptimizerAuditMonitor:
         s = ctx.settings
         failing: list[dict[str, Any]] = []
         ratios: list[float] = []
-        total = mismatched = 0
+        # Snapshots sharing group, state keys and step are re-computed as one vector.
+        batches: dict[tuple[int, tuple[str, ...], float], list[_Snap]] = {}
+        for snap in snaps:
+            present = tuple(key for key, v in snap.state.items() if v is not None)
+            batches.setdefault((snap.group, present, snap.step), []).append(snap)
+        snaps = [snap for batch in batches.values() for snap in batch]
+        counts = [snap.idx.numel() for snap in snaps]
         with torch.no_grad():
             device = snaps[0].param.device
-            after = torch.cat(
-                [
-                    flat_view(snap.param).index_select(0, snap.idx).to(torch.float64).to(device)
-                    for snap in snaps
-                ]
-            ).cpu()
-        offsets = [0]
-        for snap in snaps:
-            offsets.append(offsets[-1] + snap.idx.numel())
-        for n_snap, snap in enumerate(snaps):
-            new = after[offsets[n_snap] : offsets[n_snap + 1]]
-            if self.kind == "sgd":
-                exp, _ = expected_sgd(snap)
-            else:
-                exp = expected_adam(snap, decoupled_default=self.kind == "adamw")
-            eps = torch.finfo(snap.param.dtype).eps if snap.param.is_floating_point() else 0.0
-            exp_delta = exp - snap.p
-            act_delta = new - snap.p
-            tol = (
-                8 * eps * torch.maximum(snap.p.abs(), new.abs())
-                + float(s["audit_rtol"]) * exp_delta.abs()
-                + 1e-12
+            new_all = (
+                torch.cat(
+                    [snap.param.reshape(-1).index_select(0, snap.idx).to(device) for snap in snaps]
+                )
+                .to(torch.float64)
+                .cpu()
             )
-            bad = (new - exp).abs() > tol
-            nbad = int(bad.sum())
-            k = snap.idx.numel()
-            total += k
-            mismatched += nbad
-            if nbad >= max(2, math.ceil(float(s["audit_mismatch_fraction"]) * k)) or (
+        exp_all = torch.cat([self._expected(batch) for batch in batches.values()])
+        old_all = torch.cat([snap.p for snap in snaps])
+        eps_all = torch.repeat_interleave(
+            torch.tensor([_eps(snap.param) for snap in snaps], dtype=torch.float64),
+            torch.tensor(counts),
+        )
+        exp_delta_all = exp_all - old_all
+        tol_all = (
+            8 * eps_all * torch.maximum(old_all.abs(), new_all.abs())
+            + float(s["audit_rtol"]) * exp_delta_all.abs()
+            + 1e-12
+        )
+        bad_all = (new_all - exp_all).abs() > tol_all
+        seg = torch.repeat_interleave(torch.arange(len(snaps)), torch.tensor(counts))
+        nbad_per = (
+            torch.zeros(len(snaps), dtype=torch.float64).index_add_(0, seg, bad_all.double())
+        ).tolist()
+        total = sum(counts)
+        mismatched = int(sum(nbad_per))
+        offset = 0
+        for snap, k, nbad_f in zip(snaps, counts, nbad_per, strict=True):
+            part = slice(offset, offset + k)
+            offset += k
+            nbad = int(nbad_f)
+            if nbad < max(2, math.ceil(float(s["audit_mismatch_fraction"]) * k)) and not (
                 k < 2 and nbad
             ):
-                meaningful = exp_delta.abs() > tol
-                r = (
-                    (act_delta[meaningful] / exp_delta[meaningful]).tolist()
-                    if bool(meaningful.any())
-                    else []
-                )
-                ratio = median(r) if r else math.nan
-                ratios.extend(r)
-                failing.append(
-                    {
-                        "param": snap.name,
-                        "mismatched": nbad,
-                        "coords": k,
-                        "median_ratio_actual_to_expected": round(ratio, 6)
-                        if math.isfinite(ratio)
-                        else None,
-                        "example": {
-                            "old": float(snap.p[0]),
-                            "expected": float(exp[0]),
-                            "actual": float(new[0]),
-                        },
-                    }
-                )
+                continue
+            new, exp, exp_delta = new_all[part], exp_all[part], exp_delta_all[part]
+            act_delta = new - snap.p
+            meaningful = exp_delta.abs() > tol_all[part]
+            r = (
+                (act_delta[meaningful] / exp_delta[meaningful]).tolist()
+                if bool(meaningful.any())
+                else []
+            )
+            ratio = median(r) if r else math.nan
+            ratios.extend(r)
+            failing.append(
+                {
+                    "param": snap.name,
+                    "mismatched": nbad,
+                    "coords": k,
+                    "median_ratio_actual_to_expected": round(ratio, 6)
+                    if math.isfinite(ratio)
+                    else None,
+                    "example": {
+                        "old": float(snap.p[0]),
+                        "expected": float(exp[0]),
+                        "actual": float(new[0]),
+                    },
+                }
+            )
         ctx.sink.record(
             "optimizer_audit",
             {"step": ctx.step, "coords": total, "mismatched": mismatched, "params": len(snaps)},
@@ -316,6 +356,16 @@ class OptimizerAuditMonitor:
                 },
             )
         )
+
+
+def _present(batch: list[_Snap], key: str) -> list[torch.Tensor]:
+    """The state tensor ``key`` of every snapshot of a batch (all have it: same keys)."""
+    return [t for snap in batch if (t := snap.state.get(key)) is not None]
+
+
+def _eps(param: torch.Tensor) -> float:
+    """Machine epsilon of the parameter's dtype (0 for integer parameters)."""
+    return torch.finfo(param.dtype).eps if param.is_floating_point() else 0.0
 
 
 def _diagnose(ratio: float) -> str:

@@ -28,6 +28,7 @@ Each finding names the target, where the replacement was defined
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
@@ -361,6 +362,74 @@ def _same_code(a: types.CodeType, b: types.CodeType) -> bool:
     return True
 
 
+_ACCELERATE_WRAPPER = ("accelerate.optimizer", "patch_optimizer_step.<locals>.patched_step")
+"""Module and qualified name of accelerate's step wrapper (mixed precision with a
+GradScaler): ``AcceleratedOptimizer.step`` assigns it to ``optimizer.step`` for the
+duration of each step, to learn whether the scaler skipped the step, and then stores
+the original bound method back on the instance."""
+
+
+def _own_bound_method(optimizer: Any, attr: str, obj: Any) -> bool:
+    """``obj`` is ``optimizer``'s own method ``attr``, bound to it (as the class has it)."""
+    if not isinstance(obj, types.MethodType) or obj.__self__ is not optimizer:
+        return False
+    try:
+        return obj.__func__ is inspect.getattr_static(type(optimizer), attr)
+    except AttributeError:
+        return False
+
+
+def _package_root(name: str) -> str | None:
+    """Directory of the installed package ``name`` (from its import spec)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    return os.path.realpath(locations[0]) + os.sep if locations else None
+
+
+def _accelerate_wrapper(optimizer: Any, obj: Any) -> bool:
+    """``obj`` is accelerate's ``patched_step`` wrapping ``optimizer``'s own ``step``.
+
+    Verified, not trusted by name: the function's module and qualified name, its file
+    inside the installed accelerate package, its code equal to the code compiled from
+    that file on disk, and its closure holding an ``AcceleratedOptimizer`` of this
+    very optimizer and the optimizer's own bound ``step``. A look-alike defined
+    elsewhere, an edited copy, or accelerate's wrapper around another function fails.
+    """
+    code = getattr(obj, "__code__", None)
+    if not isinstance(obj, types.FunctionType) or code is None:
+        return False
+    if (obj.__module__, code.co_qualname) != _ACCELERATE_WRAPPER:
+        return False
+    root = _package_root("accelerate")
+    if root is None or not os.path.realpath(code.co_filename).startswith(root):
+        return False
+    index = _compiled_index(code.co_filename)
+    pristine = index.get((code.co_qualname, code.co_firstlineno)) if index else None
+    if pristine is None or not _same_code(code, pristine):
+        return False
+    cells: dict[str, Any] = {}
+    for name, cell in zip(code.co_freevars, obj.__closure__ or (), strict=False):
+        try:
+            cells[name] = cell.cell_contents
+        except ValueError:
+            return False
+    wrapper = cells.get("accelerated_optimizer")
+    return getattr(wrapper, "optimizer", None) is optimizer and _own_bound_method(
+        optimizer, "step", cells.get("method")
+    )
+
+
+def known_instance_wrapper(optimizer: Any, attr: str, obj: Any) -> bool:
+    """True when the instance attribute ``attr`` of ``optimizer`` is a known, verified
+    legitimate one (see :data:`_ACCELERATE_WRAPPER`)."""
+    if _own_bound_method(optimizer, attr, obj):
+        return True
+    return attr == "step" and _accelerate_wrapper(optimizer, obj)
+
+
 class PatchMonitor:
     """Snapshots and re-checks the functions training relies on."""
 
@@ -480,10 +549,15 @@ class PatchMonitor:
                 )
 
     def _check_instance(self, ctx: GuardContext) -> None:
-        """An optimizer instance attribute shadowing ``step`` / ``zero_grad``."""
+        """An optimizer instance attribute shadowing ``step`` / ``zero_grad``.
+
+        Two instance attributes are legitimate: the optimizer's own bound method
+        stored back on it, and accelerate's GradScaler wrapper around that bound
+        method (:func:`known_instance_wrapper`); anything else is reported.
+        """
         inst = getattr(ctx.optimizer, "__dict__", {})
         for attr in ("step", "zero_grad"):
-            if attr in inst:
+            if attr in inst and not known_instance_wrapper(ctx.optimizer, attr, inst[attr]):
                 name = f"optimizer instance .{attr}"
                 self._report(
                     ctx,

@@ -12,10 +12,24 @@ sends a fingerprint of its parameters:
   checks): catches a single flipped bit anywhere, with a bounded delay.
 
 Ranks are grouped by exact equality of the fingerprint; the ranks outside the strict
-majority are named. With two ranks that disagree there is no majority: the finding is
-reported without a rank. Assumes homogeneous replicas (same hardware and kernels); a
-job mixing GPU models may legitimately differ in the last bit -- set
+majority are named. Assumes homogeneous replicas (same hardware and kernels); a job
+mixing GPU models may legitimately differ in the last bit -- set
 ``data_parallel="off"`` for it.
+
+Without a majority (two ranks that disagree) the tie is broken by each rank's own
+record (``replica_self_check``): right after its optimizer step (post-step hook) a rank
+notes every parameter's version counter and the sampled coordinates, and at its next
+pre-step it compares them. Between those two points nothing legitimate writes a
+parameter in ordinary data-parallel training (forward, backward, ``zero_grad``, LR
+schedulers, gradient clipping, EMA of a *copy* all leave the parameters alone). A
+change there is "outside the optimizer"; it stays on record until an exchange finds
+the replicas in agreement (then every rank made the same change: a checkpoint load,
+pruning, an evaluation swap that was undone). When the ranks outside the largest group
+are exactly those with such a record, they are named. Comparisons are sync-free (the
+counts accumulate on the device and travel with the exchange). Limits: a write through
+``.data`` or raw memory that misses every sampled coordinate leaves no record (the
+divergence is then reported without a rank); a legitimate one-rank-only write (code
+that edits weights on rank 0 only) is named like sabotage -- it is one.
 """
 
 from __future__ import annotations
@@ -58,6 +72,14 @@ class ReplicaMonitor:
         """Cached index tensors per device."""
         self._throttle = Throttle(100)
         self.checks = 0
+        self._self_check = True
+        self._post_versions: list[int] | None = None
+        self._post_samples: torch.Tensor | None = None
+        self._changed: torch.Tensor | None = None
+        """Per sampled coordinate: pre-steps at which it differed from the last post-step."""
+        self._version_changed: set[int] = set()
+        self.changed_at: int | None = None
+        """First step whose pre-step found a parameter written outside the optimizer."""
 
     def start(self, ctx: GuardContext) -> None:
         """Draw the sampled coordinates (shared seed, identical on every rank)."""
@@ -71,19 +93,63 @@ class ReplicaMonitor:
         k = int(s["replica_sample"])
         self._idx = [sample_indices(p.numel(), k, gen, p.device) for p in self._params]
         self.enabled = ctx.world_size > 1 and is_replicated(ctx) and bool(self._params)
+        self._self_check = bool(s.get("replica_self_check", True))
+
+    def _samples(self) -> torch.Tensor:
+        """The sampled coordinates of every parameter, as one float64 vector."""
+        with torch.no_grad():
+            flats = [flat_view(p) for p in self._params]
+            device = flats[0].device
+            return torch.cat(
+                [f.index_select(0, idx).to(device) for f, idx in zip(flats, self._idx, strict=True)]
+            ).to(torch.float64)
 
     def before_step(self, ctx: GuardContext) -> None:
-        """Nothing before the step."""
+        """Did anything write the parameters since this rank's last post-step?"""
+        if not (self.enabled and self._self_check) or self._post_versions is None:
+            return
+        for j, p in enumerate(self._params):
+            if p._version != self._post_versions[j]:
+                self._version_changed.add(j)
+                if self.changed_at is None:
+                    self.changed_at = ctx.step + 1
+        post = self._post_samples
+        if post is not None:
+            now = self._samples()
+            differ = (now != post) & ~(now.isnan() & post.isnan())
+            if self._changed is None:
+                self._changed = torch.zeros_like(now)
+            self._changed.add_(differ.to(torch.float64))
 
     def after_step(self, ctx: GuardContext) -> None:
-        """Nothing per step; the check runs at the exchange."""
+        """Note the parameters as the optimizer left them (versions and samples)."""
+        if not (self.enabled and self._self_check):
+            return
+        self._post_versions = [p._version for p in self._params]
+        self._post_samples = self._samples()
 
     def close(self, ctx: GuardContext) -> None:
         """Nothing to remove."""
 
     def exchange_size(self, ctx: GuardContext) -> int:
-        """Three values per parameter: sample sum, sample sum of squares, slice hash."""
-        return 3 * len(self._params)
+        """Per parameter: sample sum, sample sum of squares, slice hash; then per
+        parameter the outside-the-optimizer record (1: sampled values, 2: version)."""
+        return 4 * len(self._params)
+
+    def _outside_record(self, device: torch.device) -> torch.Tensor:
+        """Per parameter: 1 if sampled values changed outside the optimizer, +2 if its
+        version counter did (no host sync: the value part stays on the device)."""
+        n = len(self._params)
+        flags = torch.zeros(n, dtype=torch.float64, device=device)
+        if self._changed is not None:
+            flags.index_add_(0, self._sample_seg(device), self._changed.to(device))
+            flags = (flags > 0).to(torch.float64)
+        if self._version_changed:
+            idx = torch.tensor(sorted(self._version_changed), dtype=torch.long, device=device)
+            flags.index_add_(
+                0, idx, torch.full((idx.numel(),), 2.0, dtype=torch.float64, device=device)
+            )
+        return flags
 
     def exchange_payload(self, ctx: GuardContext) -> torch.Tensor:
         """This rank's parameter fingerprint (after the step).
@@ -108,7 +174,8 @@ class ReplicaMonitor:
             sums[0].index_add_(0, seg, samples)
             sums[1].index_add_(0, seg, samples * samples)
             hashes = self._hash_slices(flats, piece, device)
-        return torch.stack([sums[0], sums[1], hashes], dim=1).reshape(-1)
+            record = self._outside_record(device)
+        return torch.cat([torch.stack([sums[0], sums[1], hashes], dim=1).reshape(-1), record])
 
     def _sample_seg(self, device: torch.device) -> torch.Tensor:
         """Parameter number of every sampled coordinate (cached per device)."""
@@ -168,7 +235,9 @@ class ReplicaMonitor:
         if not self.enabled or world < 2 or gathered.shape[1] == 0:
             return
         self.checks += 1
-        bits = gathered.contiguous().view(torch.int64)
+        n = len(self._params)
+        outside = gathered[:, 3 * n :]
+        bits = gathered[:, : 3 * n].contiguous().view(torch.int64)
         groups: list[list[int]] = []
         for r in range(world):
             for g in groups:
@@ -192,22 +261,12 @@ class ReplicaMonitor:
                 },
             )
         if len(groups) == 1:
+            # Every rank agrees: whatever wrote the parameters did so everywhere.
+            self._forget_outside_writes()
             return
         piece = (self._round - 1) % self._slices
         if majority is None:
-            if self._throttle.allow(("replica.divergence", None), ctx.step):
-                ctx.report(
-                    make_finding(
-                        ctx,
-                        "replica.divergence",
-                        f"Data-parallel replicas disagree with no majority: groups {groups}.",
-                        rank=None,
-                        evidence={
-                            "groups": groups,
-                            "params": self._diff_params(bits, groups[0][0], groups[1][0]),
-                        },
-                    )
-                )
+            self._no_majority(ctx, bits, groups, outside)
             return
         ref = majority[0]
         for g in groups[1:]:
@@ -231,6 +290,82 @@ class ReplicaMonitor:
                         },
                     )
                 )
+
+    def _forget_outside_writes(self) -> None:
+        self._changed = None
+        self._version_changed.clear()
+        self.changed_at = None
+
+    def _no_majority(
+        self,
+        ctx: GuardContext,
+        bits: torch.Tensor,
+        groups: list[list[int]],
+        outside: torch.Tensor,
+    ) -> None:
+        """No majority: name the ranks that wrote their parameters outside the optimizer,
+        when they are exactly the ranks outside one group of untouched ranks."""
+        world = bits.shape[0]
+        wrote = sorted(r for r in range(world) if bool((outside[r] > 0).any()))
+        clean = [g for g in groups if not set(g) & set(wrote)]
+        culprits = (
+            wrote if wrote and len(clean) == 1 and len(clean[0]) + len(wrote) == world else []
+        )
+        if not culprits:
+            if self._throttle.allow(("replica.divergence", None), ctx.step):
+                ctx.report(
+                    make_finding(
+                        ctx,
+                        "replica.divergence",
+                        f"Data-parallel replicas disagree with no majority: groups {groups}"
+                        + (
+                            f"; ranks {wrote} wrote their parameters outside the optimizer"
+                            if wrote
+                            else "; no rank recorded a write outside its optimizer step"
+                        )
+                        + ".",
+                        rank=None,
+                        evidence={
+                            "groups": groups,
+                            "params": self._diff_params(bits, groups[0][0], groups[1][0]),
+                            "wrote_outside_optimizer": wrote,
+                        },
+                    )
+                )
+            return
+        ref = clean[0][0]
+        names = self.names
+        for r in culprits:
+            if not self._throttle.allow(("replica.divergence", r), ctx.step):
+                continue
+            touched: list[dict[str, Any]] = [
+                {
+                    "param": names[j],
+                    "sampled_values_changed": bool(int(outside[r, j]) & 1),
+                    "version_changed": bool(int(outside[r, j]) & 2),
+                }
+                for j in range(len(names))
+                if float(outside[r, j]) > 0
+            ]
+            params = self._diff_params(bits, ref, r)
+            shown = ", ".join(str(t["param"]) for t in touched[:3])
+            ctx.report(
+                make_finding(
+                    ctx,
+                    "replica.divergence",
+                    f"Rank {r}'s parameters differ from rank(s) {clean[0]} and rank {r} "
+                    f"changed {shown} between its optimizer step and its next one (outside "
+                    "the optimizer); no majority was needed.",
+                    rank=r,
+                    evidence={
+                        "groups": groups,
+                        "params": params[:20],
+                        "written_outside_optimizer": touched[:20],
+                        "first_seen_at_pre_step": (self.changed_at if r == ctx.rank else None),
+                        "tie_break": "post-step vs next pre-step record",
+                    },
+                )
+            )
 
     def _diff_params(self, bits: torch.Tensor, a: int, b: int) -> list[dict[str, Any]]:
         """Which parameters (and which part of the fingerprint) differ between ranks a and b."""

@@ -10,7 +10,11 @@ current Python stack with ``sys._current_frames()`` and two kernel facts about i
 Each sample (weighted by the wall time since the previous one) goes to one bucket:
 
 =================  ==========================================================
-``guard``          a trainguard frame is on the stack (our own hooks)
+``guard``          a trainguard frame is on the stack (our own hooks; the
+                   adapters in ``trainguard.integrations`` count as framework)
+``checkpoint``     a checkpoint is being written or read (``torch.save`` /
+                   ``torch.load``, safetensors, the guard's save/load_checkpoint)
+                   and the innermost frame is not user code
 ``data``           a ``torch.utils.data`` frame is on the stack (loader, dataset)
 ``collective``     innermost non-stdlib frame in ``torch.distributed`` / DDP
 ``optimizer``      innermost non-stdlib frame in ``torch.optim``
@@ -65,6 +69,14 @@ SUSPICIOUS_BUCKETS = ("user_blocked", "user_python")
 """Buckets where a training step has no business spending wall time."""
 WAIT_BUCKETS = ("collective_wait", "backward_wait")
 """Buckets of time spent waiting for peers (used for straggler accounting)."""
+CHECKPOINT_BUCKET = "checkpoint"
+"""Time in checkpoint serialisation (``torch.save`` / ``torch.load``, safetensors, the
+guard's ``save_checkpoint`` / ``load_checkpoint``): legitimate, and uneven between
+ranks by design (rank 0 saves), so kept out of the straggler comparison."""
+
+_CHECKPOINT_PACKAGES = ("safetensors",)
+_TORCH_CHECKPOINT_FILES = ("serialization.py", "_weights_only_unpickler.py")
+_GUARD_CHECKPOINT_FILES = (str(Path("guard", "checks", "lineage.py")),)
 
 _FRAMEWORKS = (
     "numpy",
@@ -76,7 +88,6 @@ _FRAMEWORKS = (
     "megatron",
     "apex",
     "triton",
-    "safetensors",
     "torchvision",
     "torchaudio",
     "torchtext",
@@ -110,6 +121,10 @@ class FileClassifier:
 
         self.torch_dir = str(Path(torch.__file__).resolve().parent) + os.sep
         self.guard_dir = str(Path(trainguard.__file__).resolve().parent) + os.sep
+        # The framework adapters (Lightning's eager closure, the HF callback) run the
+        # user's training step beneath the guard's hook: their frames are framework
+        # code, not the guard's own time, or a delay in the step would be invisible.
+        self.integrations_dir = self.guard_dir + "integrations" + os.sep
         paths = sysconfig.get_paths()
         self.stdlib_dirs = tuple(
             {os.path.realpath(paths[k]) + os.sep for k in ("stdlib", "platstdlib") if k in paths}
@@ -123,6 +138,13 @@ class FileClassifier:
             if d:
                 fw.append(d)
         self.framework_dirs = tuple(fw)
+        self.checkpoint_dirs = tuple(
+            d for d in (_package_dir(name) for name in _CHECKPOINT_PACKAGES) if d
+        )
+        self.checkpoint_files = frozenset(
+            [self.torch_dir + f for f in _TORCH_CHECKPOINT_FILES]
+            + [self.guard_dir + f for f in _GUARD_CHECKPOINT_FILES]
+        )
         self._cache: dict[str, str] = {}
         self._torch_sub = (
             ("utils" + os.sep + "data" + os.sep, "data"),
@@ -134,7 +156,7 @@ class FileClassifier:
 
     def kind(self, filename: str) -> str:
         """``guard``, ``data``, ``collective``, ``optimizer``, ``autograd``, ``compute``,
-        ``framework``, ``stdlib`` or ``user``."""
+        ``checkpoint``, ``framework``, ``stdlib`` or ``user``."""
         cached = self._cache.get(filename)
         if cached is not None:
             return cached
@@ -147,6 +169,10 @@ class FileClassifier:
         if filename.startswith("<frozen") or filename.startswith("<string"):
             return "stdlib"
         real = os.path.realpath(filename) if filename.startswith(os.sep) else filename
+        if real in self.checkpoint_files or any(real.startswith(d) for d in self.checkpoint_dirs):
+            return "checkpoint"
+        if real.startswith(self.integrations_dir):
+            return "framework"
         if real.startswith(self.guard_dir):
             return "guard"
         if real.startswith(self.torch_dir):
@@ -333,7 +359,7 @@ class StackSampler:
         kind_of = self.classifier.kind
         inner: FrameType | None = None
         inner_kind = "user"
-        has_guard = has_data = has_compute_ctx = False
+        has_guard = has_data = has_compute_ctx = has_checkpoint = False
         f: FrameType | None = frame
         depth = 0
         while f is not None and depth < 128:
@@ -342,6 +368,8 @@ class StackSampler:
                 inner, inner_kind = f, k
             if k == "guard":
                 has_guard = True
+            elif k == "checkpoint":
+                has_checkpoint = True
             elif k == "data":
                 has_data = True
             elif k in ("autograd", "optimizer"):
@@ -353,6 +381,10 @@ class StackSampler:
         else:
             busy_cpu = cpu_dt >= 0.3 * dt
             idle = (not busy_cpu) and (state in ("S", "D", None))
+        # Serialising a checkpoint, unless user code runs inside it (a __reduce__, a
+        # file object's write): that code is classified like any other user frame.
+        if has_checkpoint and inner_kind != "user":
+            return CHECKPOINT_BUCKET, None, idle
         if has_guard:
             return "guard", None, idle
         if has_data:

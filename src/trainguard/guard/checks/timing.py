@@ -12,7 +12,8 @@ single one (runtime.md §1.2):
   holding most of it. This sees a delay applied to every rank from step 1, which no
   relative comparison can.
 - ``rank.straggler`` -- *relative* to the peers: every ``exchange_every`` steps the
-  ranks exchange their active time (wall minus time waiting in collectives). The
+  ranks exchange their active time (wall minus time waiting in collectives and time
+  serialising checkpoints, which one rank legitimately does for all). The
   rank whose active time exceeds the median of the others by ``straggler_fraction``
   of the step (and ``straggler_min_ms``), for ``straggler_windows`` exchanges, is
   named by every rank.
@@ -33,6 +34,7 @@ import torch
 from trainguard.core.findings import Severity
 from trainguard.guard.base import GuardContext
 from trainguard.guard.checks.sampler import (
+    CHECKPOINT_BUCKET,
     PHASE_COMPUTE,
     PHASE_OUTSIDE,
     SUSPICIOUS_BUCKETS,
@@ -279,15 +281,21 @@ class TimingMonitor:
         return len(EXCHANGE_FIELDS)
 
     def exchange_payload(self, ctx: GuardContext) -> list[float]:
-        """This rank's per-step active/wait/wall/suspicious milliseconds since the last exchange."""
+        """This rank's per-step active/wait/wall/suspicious milliseconds since the last exchange.
+
+        Active time excludes checkpoint serialisation: "rank 0 saves every N steps" is
+        the normal pattern, and its peers' matching wait is already excluded.
+        """
         acc, wall, steps = self._xchg, self._xchg_wall, self._xchg_steps
         self._xchg, self._xchg_wall, self._xchg_steps = SampleAccumulator(), 0.0, 0
         if steps == 0:
             return [math.nan] * 4 + [0.0]
         wait = sum(acc.buckets.get(b, 0.0) for b in WAIT_BUCKETS)
+        checkpoint = acc.buckets.get(CHECKPOINT_BUCKET, 0.0)
         suspicious = sum(acc.buckets.get(b, 0.0) for b in SUSPICIOUS_BUCKETS)
         k = 1000.0 / steps
-        return [k * max(wall - wait, 0.0), k * wait, k * wall, k * suspicious, float(steps)]
+        active = max(wall - wait - checkpoint, 0.0)
+        return [k * active, k * wait, k * wall, k * suspicious, float(steps)]
 
     def on_exchange(self, ctx: GuardContext, gathered: torch.Tensor) -> None:
         """Name a rank whose active time exceeds its peers' (every rank reports it)."""
