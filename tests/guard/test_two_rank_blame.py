@@ -18,20 +18,27 @@ from tests.guard.jobs.runner import findings_of, run_job
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(240)]
 
 
-def job(tmp_path: Path, name: str, steps: int, target: int = 1) -> list[dict[str, Any]]:
+def job(
+    tmp_path: Path, name: str, steps: int, target: int = 1, settings: str = "{}"
+) -> list[dict[str, Any]]:
     return run_job(
         tmp_path,
         2,
-        ["--memory-sink", "--sabotage", name, "--steps", str(steps)],
+        ["--memory-sink", "--sabotage", name, "--steps", str(steps), "--settings", settings],
         env={"SABOTAGE_RANK": str(target)},
     )
+
+
+PAIR_DIRECTION = '{"grad_pair_direction": true}'
+"""Sign flips keep the norm: with 2 ranks only the opt-in pair-direction rule sees them."""
 
 
 @pytest.mark.parametrize(
     ("how", "target"), [("scale", 1), ("sign", 1), ("noise", 1), ("sign", 0), ("scale", 0)]
 )
 def test_two_rank_gradient_outlier_is_named(tmp_path: Path, how: str, target: int) -> None:
-    results = job(tmp_path, f"grad_tie_{how}", 30, target)
+    settings = PAIR_DIRECTION if how == "sign" else "{}"
+    results = job(tmp_path, f"grad_tie_{how}", 30, target, settings)
     outliers = findings_of(results, "grad.rank_outlier")
     assert outliers, "no grad.rank_outlier"
     assert {f["rank"] for f in outliers} == {target}, [f["message"] for f in outliers]
@@ -43,8 +50,16 @@ def test_two_rank_gradient_outlier_is_named(tmp_path: Path, how: str, target: in
     assert tie["rank"] == target and tie["departed_layers"][1 - target] == 0
 
 
-def test_two_rank_clean_run_names_nobody(tmp_path: Path) -> None:
-    results = job(tmp_path, "none", 40)
+def test_sign_flip_on_two_ranks_needs_the_opt_in_rule(tmp_path: Path) -> None:
+    """Default settings: no pair-direction rule, so a norm-keeping sign flip is not named
+    by grad.rank_outlier (and nothing else is blamed in its place)."""
+    results = job(tmp_path, "grad_tie_sign", 30, 1)
+    assert not [f for f in findings_of(results, "grad.rank_outlier") if f["rank"] == 0]
+
+
+@pytest.mark.parametrize("settings", ["{}", PAIR_DIRECTION])
+def test_two_rank_clean_run_names_nobody(tmp_path: Path, settings: str) -> None:
+    results = job(tmp_path, "none", 40, settings=settings)
     assert not findings_of(results, "grad.rank_outlier")
     assert not findings_of(results, "replica.divergence")
 

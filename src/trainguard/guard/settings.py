@@ -75,6 +75,12 @@ class GuardSettings:
     """Robust z over the usual inter-rank spread of per-layer norms (after warm-up)."""
     grad_cos_margin: float = 0.5
     """Cosine gap to every peer (sketch vs sum of peers) that flags a direction outlier."""
+    grad_pair_direction: bool = False
+    """With exactly 2 ranks, also flag a layer whose pair cosine is below
+    ``-grad_cos_margin`` (what a sign flip on one rank gives). Off by default: two honest
+    ranks on uncorrelated batches (random tokens, tiny batches) reach that on single
+    layers (measured: cosines of -0.5 to -0.6 in a clean 2-rank GPT run); turn it on
+    for jobs whose ranks' gradients agree in direction."""
     grad_min_world: int = 3
     """Ranks needed to name the outlier by majority (2 ranks: reported unnamed)."""
     grad_windows: int = 1

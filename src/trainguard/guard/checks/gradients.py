@@ -603,7 +603,7 @@ class GradientMonitor:
             # Two ranks are each other's only peer: a sign flip makes both cosines
             # negative, so the pair is flagged (the tie-break names one) when it is
             # clearly negative; with more ranks the odd one out must stand apart.
-            pair = len(column) == 2 and c < -margin
+            pair = bool(s["grad_pair_direction"]) and len(column) == 2 and c < -margin
             if pair or median(others) - c >= margin:
                 flagged.setdefault(i, {"norm": [], "direction": []})["direction"].append(
                     {
