@@ -7,6 +7,7 @@ stays linear in the points and nothing the page marks is lost before then.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -44,10 +45,9 @@ PROGRESS_EVERY: Final = 5000
 
 
 def _row(event: LedgerEvent) -> EventRow:
-    payload = event.payload if isinstance(event.payload, dict) else {}
-    return EventRow(
-        event.seq, event.time, event.run, event.rank, event.host, event.pid, event.kind, payload
-    )
+    if isinstance(event.payload, dict):
+        return event
+    return dataclasses.replace(event, payload={})
 
 
 def well_formed(finding: Finding) -> bool:

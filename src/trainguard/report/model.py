@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.core.findings import Finding
+from trainguard.ledger.events import LedgerEvent
 
 
 def as_number(value: Any) -> float | None:
@@ -60,18 +61,9 @@ class FindingRow:
     time: float
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """A non-finding event shown in a table (signals, exits, checkpoints)."""
-
-    seq: int
-    time: float
-    run: str
-    rank: int | None
-    host: str | None
-    pid: int | None
-    kind: str
-    payload: dict[str, Any]
+EventRow = LedgerEvent
+"""A non-finding event shown in a table (signals, exits, checkpoints): the ledger's own
+event, its payload guaranteed to be a dict (see ``collect``)."""
 
 
 @dataclass(frozen=True, slots=True)
