@@ -64,7 +64,14 @@ def test_sigkilled_rank_is_reported_by_supervisor_and_survivor(
     assert from_supervisor, [f.to_dict() for f in result.findings]
     victim_row = next(f for f in from_supervisor if f.evidence["pid"] == victim)
     assert victim_row.rank == 1
-    assert victim_row.evidence["signal"] == "SIGKILL"
+    # The signal is read from the zombie's /proc entry; when the launcher (its parent)
+    # reaps it between two polls, the supervisor still reports the death, and says why
+    # it cannot name the signal (seen once in ~20 full runs on a loaded 2-core machine).
+    if victim_row.evidence["signal"] is not None:
+        assert victim_row.evidence["signal"] == "SIGKILL"
+    else:
+        assert "vanished without closing its guard" in victim_row.message
+        assert "SIGKILL or a crash" in victim_row.message
     survivor = of_kind(findings(out, 0), "process.killed")
     assert survivor, (out / "rank0.log").read_text()[-3000:]
     assert survivor[0]["rank"] == 1 and survivor[0]["evidence"]["pid"] == victim
