@@ -143,8 +143,11 @@ class StepTelemetry:
                 return
             record = self._pending[-1]
             for key in ("loss", "grad_norm"):
-                if key in values and values[key] is not None:
-                    record[key] = values[key]
+                value = values.get(key)
+                if value is not None:
+                    # Detached: a buffered loss must not keep its autograd graph alive
+                    # for the flush_every steps it waits in the buffer.
+                    record[key] = value.detach() if isinstance(value, torch.Tensor) else value
 
     def flush(self, *, keep_last: bool = False) -> None:
         """Convert buffered tensors in one host copy and send the records to the sink.
