@@ -136,7 +136,10 @@ def test_torchrun_recipe_under_the_supervisor(tmp_path: Path) -> None:
         timeout=TIMEOUT,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    if proc.returncode != 0:
+        _, findings = findings_cli(run_dir)
+        details = "\n".join(f"{f['kind']} {f['rank']} {f['message']}" for f in findings)
+        pytest.fail(f"{details}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
     for name in ("summary.json", "summary1.json"):
         summary = json.loads((tmp_path / "out" / name).read_text())
         # TRAINGUARD_RUN_DIR from the supervisor wins over the Trainer's output_dir.

@@ -66,6 +66,9 @@ _logger = logging.getLogger(__name__)
 _DECIDE_WINDOWS = 2
 """Disagreeing windows (no majority) in which the own-trajectory tie-break may decide."""
 
+_UNNAMED_WINDOWS = 2
+"""Consecutive disagreeing windows before a disagreement no rank is named for is reported."""
+
 
 class _CommHookSlot:
     """The one comm hook trainguard registers on a DDP model, and who it reports to.
@@ -474,10 +477,16 @@ class GradientMonitor:
                     return
         for i, why in sorted(flagged.items()):
             self._streak[i] = self._streak.get(i, 0) + 1
-            if self._streak[i] < int(s["grad_windows"]):
+            about: int | None = i if names_rank or (tie is not None and tie["rank"] == i) else None
+            needed = int(s["grad_windows"])
+            if about is None:
+                # Unattributed (2 ranks, no own-trajectory verdict): one window is not
+                # enough. Two honest ranks' bias gradients differed 8x in one early window
+                # of a clean Trainer job; corruption persists, noise does not.
+                needed = max(needed, _UNNAMED_WINDOWS)
+            if self._streak[i] < needed:
                 continue
             kinds = tuple(k for k in ("norm", "direction") if why[k])
-            about: int | None = i if names_rank or (tie is not None and tie["rank"] == i) else None
             if not self._throttle.allow(("grad.rank_outlier", about, kinds), ctx.step):
                 continue
             first = (why["norm"] or why["direction"])[0]
