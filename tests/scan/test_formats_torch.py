@@ -192,6 +192,20 @@ def test_nested_archives(marker: Path) -> None:
         assert report.verdict is Verdict.SAFE, report.findings
 
 
+def test_zips_back_to_back_each_scanned(marker: Path) -> None:
+    """``cat a.pt b.pt``: readers disagree on which archive they see; each is scanned."""
+    benign = cf.torch_save_bytes({"w": 1})
+    evil = cf.malicious_torch_zip(str(marker))
+    report = _scan(benign + af.zip_bytes([("a.txt", b"x")]))
+    assert report.format == "zip-concatenation"
+    assert report.verdict is Verdict.SAFE, report.findings
+    for data in (evil + benign, benign + evil):
+        report = _scan(data)
+        assert report.format == "zip-concatenation"
+        assert report.verdict is Verdict.MALICIOUS
+    assert not marker.exists()
+
+
 def test_nesting_depth_limit() -> None:
     data = cf.torch_save_bytes({"w": 1})
     for _ in range(8):

@@ -170,6 +170,69 @@ def test_multiple_eocd() -> None:
     assert "zip.multiple_eocd" in _rules(doubled)
 
 
+def _with_placeholder_extra(members: list[tuple[str, bytes]]) -> tuple[bytes, int]:
+    """A zip whose first member carries a 22-byte private extra field (ID 0xCAFE) in its
+    local header only; returns it and the field's offset."""
+    data = bytearray(af.zip_bytes(members))
+    _, lo = af.find_member(bytes(data), members[0][0])
+    name_len, extra_len = struct.unpack("<HH", data[lo + 26 : lo + 30])
+    assert extra_len == 0
+    field = struct.pack("<HH", 0xCAFE, 22) + bytes(22)
+    at = lo + 30 + name_len
+    data[lo + 28 : lo + 30] = struct.pack("<H", len(field))
+    data[at:at] = field
+    # every later offset moved by len(field): rebuild the central directory's offsets
+    grown = len(field)
+    eocd = data.rfind(af.EOCD)
+    (cd_offset,) = struct.unpack("<I", data[eocd + 16 : eocd + 20])
+    data[eocd + 16 : eocd + 20] = struct.pack("<I", cd_offset + grown)
+    for pos in af.central_records(bytes(data)):
+        (offset,) = struct.unpack("<I", data[pos + 42 : pos + 46])
+        if offset > lo:
+            data[pos + 42 : pos + 46] = struct.pack("<I", offset + grown)
+    return bytes(data), at + 4
+
+
+def test_end_record_hidden_in_a_local_header_is_reported() -> None:
+    """A second, plausible end record inside a header (not member data) is reported."""
+    data, field = _with_placeholder_extra([("a.txt", b"hello"), ("b.txt", b"world")])
+    assert _rules(data) == set()  # the private extra field alone is fine
+    eocd = data.rfind(af.EOCD)
+    doubled = data[:field] + data[eocd : eocd + 22] + data[field + 22 :]
+    issues = [i for i in ZipArchive(memoryview(doubled)).issues if i.rule == "zip.multiple_eocd"]
+    assert [i.offset for i in issues] == [field]
+
+
+def test_end_record_hidden_in_the_central_directory_is_reported() -> None:
+    data = bytearray(af.zip_bytes([("a.txt", b"hello")]))
+    eocd = data.rfind(af.EOCD)
+    record = bytes(data[eocd : eocd + 22])
+    (central,) = af.central_records(bytes(data))
+    # a file comment on the central header carrying a copy of the end record
+    data[central + 32 : central + 34] = struct.pack("<H", len(record))
+    name_len, extra_len = struct.unpack("<HH", data[central + 28 : central + 32])
+    at = central + 46 + name_len + extra_len
+    data[at:at] = record
+    data[eocd + 22 + 12 : eocd + 22 + 16] = struct.pack("<I", len(data) - 22 - central)
+    rules = {i.rule for i in ZipArchive(memoryview(bytes(data))).issues}
+    assert "zip.multiple_eocd" in rules
+
+
+def test_end_record_in_tensor_bytes_is_not_a_finding() -> None:
+    """Tensor data holding a copy of its own archive's end record (chance, or a nested
+    zip) is member data: not a second end record."""
+    torch = pytest.importorskip("torch")
+    first = io.BytesIO()
+    torch.save({"w": torch.zeros(8, dtype=torch.uint8)}, first)
+    record = first.getvalue()[-22:]
+    second = io.BytesIO()
+    torch.save({"w": torch.frombuffer(bytearray(record[:8]), dtype=torch.uint8)}, second)
+    data = second.getvalue()
+    assert data[-22:-14] == record[:8] or af.EOCD in data[:-22]
+    assert af.EOCD in data[:-22]  # the signature sits inside the tensor's bytes
+    assert _rules(data) == set()
+
+
 def test_count_mismatch() -> None:
     data = bytearray(af.zip_bytes([("a.txt", b"x"), ("b.txt", b"y")]))
     eocd = data.rfind(af.EOCD)

@@ -86,18 +86,18 @@ def scan_zip(ctx: ScanContext, data: memoryview, *, member: str | None, base_off
     from trainguard.scan.formats.dispatch import scan_buffer
     from trainguard.scan.formats.torch_zip import TorchZip
 
-    free = _signature_free(data)
-    segments = split_concatenated(data) if free is None else []
-    if segments:
-        for start, end in segments:
-            child = ctx.nested(_join(member, f"@{start}"))
-            scan_buffer(child, data[start:end], member=None, base_offset=base_offset + start)
-        ctx.verdict(Verdict.SAFE)
-        return "zip-concatenation"
-
-    archive = ZipArchive(
-        data, max_entries=limit(ctx.limits, "max_archive_entries", 100_000), signature_free=free
-    )
+    archive = ZipArchive(data, max_entries=limit(ctx.limits, "max_archive_entries", 100_000))
+    if not archive.valid or archive.issues or archive.hidden:
+        # Several zips back to back read as one archive with something unexplained (a
+        # prefix, shifted offsets, unaccounted bytes); one that accounts for every byte
+        # from offset 0 is what loaders read, so only the former is split and re-scanned.
+        segments = split_concatenated(data) if _has_inner_end_record(data) else []
+        if segments:
+            for start, end in segments:
+                child = ctx.nested(_join(member, f"@{start}"))
+                scan_buffer(child, data[start:end], member=None, base_offset=base_offset + start)
+            ctx.verdict(Verdict.SAFE)
+            return "zip-concatenation"
     for issue in archive.issues:
         where = issue.member if issue.member is None else _join(member, issue.member)
         ctx.report(
@@ -133,23 +133,15 @@ def scan_zip(ctx: ScanContext, data: memoryview, *, member: str | None, base_off
     return fmt
 
 
-def _signature_free(data: memoryview) -> tuple[int, int] | None:
-    """Cheap pre-check for an end record before the last 22 bytes (reads at most the tail).
-
-    Returns the range searched when it holds none (the zip reader then skips it when
-    looking for the end record), or None when there is one: the buffer may be several
-    zips back to back.
-    """
-    size = len(data)
-    start = 0 if size < (1 << 20) else max(0, size - (1 << 16) - 22)
-    end = max(0, size - 22)
+def _has_inner_end_record(data: memoryview) -> bool:
+    """Whether an end-record signature lies before the last 22 bytes (a cheap pre-check
+    before trying to split the buffer into several zips back to back)."""
+    end = max(0, len(data) - 22)
     whole = data.obj if isinstance(data, memoryview) else data
-    if isinstance(whole, bytes | mmap.mmap) and len(whole) == size and data.contiguous:
+    if isinstance(whole, bytes | mmap.mmap) and len(whole) == len(data) and data.contiguous:
         # rfind: same answer as find, and measurably faster on tensor bytes
-        found = whole.rfind(EOCD_SIG, start, end) >= 0  # searched in place, no copy
-    else:
-        found = bytes(data[start:end]).rfind(EOCD_SIG) >= 0
-    return None if found else (start, end)
+        return whole.rfind(EOCD_SIG, 0, end) >= 0  # searched in place, no copy
+    return bytes(data[:end]).rfind(EOCD_SIG) >= 0
 
 
 def _join(outer: str | None, inner: str) -> str:

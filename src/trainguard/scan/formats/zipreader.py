@@ -127,15 +127,9 @@ class ZipArchive:
         data: memoryview,
         *,
         max_entries: int = 1_000_000,
-        signature_free: tuple[int, int] | None = None,
     ) -> None:
-        """Parse ``data``.
-
-        ``signature_free`` is a range ``[lo, hi)`` the caller already searched and found
-        to hold no complete end-record signature, so the end-record search skips it.
-        """
+        """Parse ``data``."""
         self.data = data
-        self._signature_free = signature_free
         self.size = len(data)
         self.entries: list[ZipEntry] = []
         self.hidden: list[ZipEntry] = []
@@ -147,7 +141,6 @@ class ZipArchive:
         self.valid = False
         """True when a central directory was found and parsed."""
         self._max_entries = max_entries
-        self._other_eocds: list[int] = []
         base = data.obj if isinstance(data, memoryview) else data
         self._whole: bytes | mmap.mmap | None = (
             base
@@ -182,39 +175,45 @@ class ZipArchive:
 
     # -- end records ---------------------------------------------------------------------
     def _find_eocd(self) -> int:
-        """Offset of the end record miniz and CPython would both use, or -1."""
-        tail_start = max(0, self.size - (_EOCD.size + _MAX_COMMENT))
-        tail: bytes | mmap.mmap
+        """Offset of the end record miniz and CPython would both use (the last one), or -1."""
+        last = self.size - _EOCD.size
+        if last >= 0 and self._bytes(last, 4) == EOCD_SIG:
+            return last  # the usual layout (no archive comment): nothing can lie after it
+        tail_start = max(0, last - _MAX_COMMENT)
         if self._whole is not None:
-            tail, base = self._whole, 0  # searched in place
-        else:
-            tail, base = bytes(self.data[tail_start:]), tail_start
-        first = tail_start
-        if self._signature_free is not None:
-            free_lo, free_hi = self._signature_free
-            if free_lo <= tail_start < free_hi:
-                # no signature lies wholly in [tail_start, free_hi): only later starts remain
-                first = max(tail_start, free_hi - len(EOCD_SIG) + 1)
-        candidates: list[int] = []
-        pos = tail.rfind(EOCD_SIG, first - base)
-        while pos >= 0:
-            if base + pos + _EOCD.size <= self.size:
-                candidates.append(base + pos)
-            pos = tail.rfind(EOCD_SIG, first - base, pos)
-        if not candidates:
-            return -1
-        self._other_eocds = [c for c in candidates[1:] if self._plausible_eocd(c)]
-        return candidates[0]
+            return self._whole.rfind(EOCD_SIG, tail_start, last + len(EOCD_SIG))
+        pos = bytes(self.data[tail_start : last + len(EOCD_SIG)]).rfind(EOCD_SIG)
+        return -1 if pos < 0 else tail_start + pos
 
     def _report_other_eocds(self, chosen: int) -> None:
-        """End records outside every member's data: two readers, two archives."""
-        for other in self._other_eocds:
-            if any(
-                e.data_offset <= other < e.data_end
-                for e in (*self.entries, *self.hidden)
-                if e.data_offset >= 0
-            ):
-                continue  # a nested zip stored as a member carries its own end record
+        """End records outside every member's data: two readers, two archives.
+
+        A reader searching for the end record looks at most ``_MAX_COMMENT`` bytes back.
+        Only the parts of that window that are no member's data are searched: a nested zip
+        stored as a member carries its own end record, and tensor bytes may hold the
+        signature by chance. A clean checkpoint's window is then its headers and central
+        directory, not its whole (small) file.
+        """
+        window = max(0, self.size - _EOCD.size - _MAX_COMMENT)
+        spans = sorted(
+            (e.data_offset, e.data_end)
+            for e in (*self.entries, *self.hidden)
+            if 0 <= e.data_offset < e.data_end
+        )
+        spans.append((chosen, chosen))
+        found: list[int] = []
+        cursor = window
+        for lo, hi in spans:
+            if cursor >= chosen:
+                break
+            if lo > cursor:
+                # a record starting in [cursor, lo) may run into the data after it, but
+                # not into the chosen record
+                found.extend(self._find_all(EOCD_SIG, cursor, min(lo + len(EOCD_SIG) - 1, chosen)))
+            cursor = max(cursor, hi)
+        for other in sorted(found, reverse=True):
+            if not self._plausible_eocd(other):
+                continue
             self._issue(
                 "zip.multiple_eocd",
                 Severity.HIGH,
@@ -224,6 +223,21 @@ class ZipArchive:
                 offset=other,
                 chosen=chosen,
             )
+
+    def _find_all(self, needle: bytes, start: int, end: int) -> list[int]:
+        """Offsets of every ``needle`` lying wholly in ``[start, end)``."""
+        if end - start < len(needle):
+            return []
+        whole = self._whole
+        region: bytes | mmap.mmap = whole if whole is not None else bytes(self.data[start:end])
+        base = 0 if whole is not None else start
+        lo, hi = start - base, end - base
+        found = []
+        pos = region.find(needle, lo, hi)
+        while pos >= 0:
+            found.append(base + pos)
+            pos = region.find(needle, pos + 1, hi)
+        return found
 
     def _plausible_eocd(self, offset: int) -> bool:
         """An end record whose central-directory pointer lands on a central header."""
