@@ -39,3 +39,17 @@ def test_module_entry_point_runs() -> None:
     )
     assert proc.returncode == 0
     assert "commands" in proc.stdout
+
+
+def test_command_listing_matches_the_package() -> None:
+    """The start-up listing (no pkgutil) finds exactly the command modules pkgutil would."""
+    import pkgutil
+
+    import trainguard.cli.commands as commands
+    from trainguard.cli.app import _command_modules
+
+    expected = sorted(
+        m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")
+    )
+    assert _command_modules(commands.__path__) == expected
+    assert {"scan", "run", "drill", "report"} <= set(expected)

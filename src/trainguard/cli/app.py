@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
+import os
 from collections.abc import Sequence
 
 from trainguard import __version__
@@ -46,17 +46,32 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     import trainguard.cli.commands as commands_pkg
 
-    names = sorted(
-        info.name
-        for info in pkgutil.iter_modules(commands_pkg.__path__)
-        if not info.name.startswith("_")
-    )
+    names = _command_modules(commands_pkg.__path__)
     wanted = _command_word(argv)
     if wanted in names:
         parser = _parser([f"{commands_pkg.__name__}.{wanted}"])
         if wanted in _subcommand_names(parser):
             return parser
     return _parser([f"{commands_pkg.__name__}.{name}" for name in names])
+
+
+def _command_modules(paths: Sequence[str]) -> list[str]:
+    """Names of the command modules (``scan.py`` -> ``scan``), sorted.
+
+    A directory listing, not :func:`pkgutil.iter_modules`, which imports :mod:`inspect`
+    (5 ms, a tenth of ``trainguard scan``'s start-up).
+    """
+    names: set[str] = set()
+    for path in paths:
+        try:
+            entries = os.listdir(path)  # noqa: PTH208 - no pathlib on the start-up path
+        except OSError:
+            continue
+        for entry in entries:
+            stem, dot, ext = entry.partition(".")
+            if dot and ext == "py" and stem.isidentifier() and not stem.startswith("_"):
+                names.add(stem)
+    return sorted(names)
 
 
 def _command_word(argv: Sequence[str] | None) -> str | None:
@@ -79,10 +94,12 @@ def _subcommand_names(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def _parser(modules: Sequence[str]) -> argparse.ArgumentParser:
+    from trainguard.cli.output import HelpFormatter
+
     parser = argparse.ArgumentParser(
         prog="trainguard",
         description=_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")

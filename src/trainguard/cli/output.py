@@ -23,6 +23,39 @@ class OutputFormat(enum.StrEnum):
     SARIF = "sarif"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's raw-description formatter, sized without :mod:`shutil`.
+
+    argparse builds a formatter for every ``add_argument`` and imports :mod:`shutil`
+    (with bz2 and lzma) to ask the terminal's width; this asks :func:`os.get_terminal_size`
+    directly, like shutil does (``COLUMNS`` first, 80 without a terminal).
+    """
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        if width is None:
+            width = _terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _terminal_columns() -> int:
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
 def add_format_option(
     parser: argparse.ArgumentParser, *, sarif: bool = True, default: str = "text"
 ) -> None:

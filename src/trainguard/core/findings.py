@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from trainguard.core.record import FrozenRecord
 
 
 class Severity(enum.StrEnum):
@@ -78,36 +79,93 @@ class Verdict(enum.StrEnum):
 _VERDICT_ORDER = {Verdict.SAFE: 0, Verdict.UNKNOWN: 1, Verdict.MALICIOUS: 2, Verdict.ERROR: 3}
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One thing trainguard found, with the evidence to act on it."""
+class Finding(FrozenRecord):
+    """One thing trainguard found, with the evidence to act on it.
 
+    - ``rule``: stable dotted id, a scanner rule (``pickle.dangerous_global``) or a
+      runtime kind.
+    - ``severity``: how bad it is; compared against ``--fail-on``.
+    - ``message``: one human-readable sentence; names the file, member, tensor or rank
+      involved.
+    - ``path``: the file the finding is about, where there is one.
+    - ``member``: archive member (zip entry, tar member, nested path
+      ``a.zip!b.pt!data.pkl``).
+    - ``global_name``: ``module.qualname`` of the pickle global involved, for scanner
+      findings.
+    - ``offset``: byte offset inside ``member`` (or the file) where the construct starts.
+    - ``rank``: distributed rank the finding is about (not necessarily the rank that
+      saw it).
+    - ``step``: training step, where the finding belongs to one.
+    - ``time``: Unix time at which the finding was made.
+    - ``location``: source location ``file:line`` responsible, where known.
+    - ``actor``: process or user responsible (``pid``, ``uid``, ``user``, ``cmdline``,
+      ``host``).
+    - ``evidence``: measured values that support the finding (JSON-serialisable).
+
+    Immutable; :meth:`replace` gives a changed copy. Not hashable (``evidence`` is a
+    mapping), like the frozen dataclass it replaces.
+    """
+
+    __slots__ = (
+        "actor",
+        "evidence",
+        "global_name",
+        "location",
+        "member",
+        "message",
+        "offset",
+        "path",
+        "rank",
+        "rule",
+        "severity",
+        "step",
+        "time",
+    )
     rule: str
-    """Stable dotted id: a scanner rule (``pickle.dangerous_global``) or a runtime kind."""
     severity: Severity
-    """How bad it is; compared against ``--fail-on``."""
     message: str
-    """One human-readable sentence; names the file, member, tensor or rank involved."""
-    path: str | None = None
-    """File the finding is about, where there is one."""
-    member: str | None = None
-    """Archive member (zip entry, tar member, nested path ``a.zip!b.pt!data.pkl``)."""
-    global_name: str | None = None
-    """``module.qualname`` of the pickle global involved, for scanner findings."""
-    offset: int | None = None
-    """Byte offset inside ``member`` (or the file) where the construct starts."""
-    rank: int | None = None
-    """Distributed rank the finding is about (not necessarily the rank that saw it)."""
-    step: int | None = None
-    """Training step, where the finding belongs to one."""
-    time: float | None = None
-    """Unix time at which the finding was made."""
-    location: str | None = None
-    """Source location ``file:line`` responsible, where known."""
-    actor: Mapping[str, Any] | None = None
-    """Process or user responsible: ``pid``, ``uid``, ``user``, ``cmdline``, ``host``."""
-    evidence: Mapping[str, Any] = field(default_factory=dict)
-    """Measured values that support the finding (JSON-serialisable)."""
+    path: str | None
+    member: str | None
+    global_name: str | None
+    offset: int | None
+    rank: int | None
+    step: int | None
+    time: float | None
+    location: str | None
+    actor: Mapping[str, Any] | None
+    evidence: Mapping[str, Any]
+
+    def __init__(
+        self,
+        rule: str,
+        severity: Severity,
+        message: str,
+        path: str | None = None,
+        member: str | None = None,
+        global_name: str | None = None,
+        offset: int | None = None,
+        rank: int | None = None,
+        step: int | None = None,
+        time: float | None = None,
+        location: str | None = None,
+        actor: Mapping[str, Any] | None = None,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Freeze one finding (``evidence`` defaults to a new empty dict)."""
+        _set = object.__setattr__
+        _set(self, "rule", rule)
+        _set(self, "severity", severity)
+        _set(self, "message", message)
+        _set(self, "path", path)
+        _set(self, "member", member)
+        _set(self, "global_name", global_name)
+        _set(self, "offset", offset)
+        _set(self, "rank", rank)
+        _set(self, "step", step)
+        _set(self, "time", time)
+        _set(self, "location", location)
+        _set(self, "actor", actor)
+        _set(self, "evidence", {} if evidence is None else evidence)
 
     def to_scan_dict(self) -> dict[str, Any]:
         """The finding as DESIGN.md's ``scan`` JSON contract spells it."""
@@ -158,18 +216,24 @@ class Finding:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class FindingKind:
-    """One row of the documented table of runtime finding kinds."""
+class FindingKind(FrozenRecord):
+    """One row of the documented table of runtime finding kinds: the dotted ``kind``
+    (stable across releases), its default ``severity``, its ``meaning`` (what
+    happened) and the ``action`` to take."""
 
+    __slots__ = ("action", "kind", "meaning", "severity")
     kind: str
-    """Dotted name, stable across releases."""
     severity: Severity
-    """Default severity."""
     meaning: str
-    """What happened."""
     action: str
-    """What to do about it."""
+
+    def __init__(self, kind: str, severity: Severity, meaning: str, action: str) -> None:
+        """Freeze one row."""
+        _set = object.__setattr__
+        _set(self, "kind", kind)
+        _set(self, "severity", severity)
+        _set(self, "meaning", meaning)
+        _set(self, "action", action)
 
 
 def _k(kind: str, severity: Severity, meaning: str, action: str) -> tuple[str, FindingKind]:
@@ -390,18 +454,32 @@ def any_at_least(findings: Iterable[Finding], threshold: Severity) -> bool:
     return any(finding.severity.at_least(threshold) for finding in findings)
 
 
-@dataclass(frozen=True, slots=True)
-class FileReport:
-    """The scanner's result for one file (one entry of ``files`` in scan JSON)."""
+class FileReport(FrozenRecord):
+    """The scanner's result for one file (one entry of ``files`` in scan JSON): the
+    ``path`` as the user named it (or found it while walking a directory), the
+    detected container ``format`` (``torch-zip``, ``pickle``, ``safetensors``...), the
+    ``verdict`` combined over every part of the file, and the ``findings`` that
+    support it, in file order."""
 
+    __slots__ = ("findings", "format", "path", "verdict")
     path: str
-    """The file as the user named it (or found it while walking a directory)."""
     format: str
-    """Detected container format, e.g. ``torch-zip``, ``pickle``, ``safetensors``."""
     verdict: Verdict
-    """Combined verdict over every part of the file."""
-    findings: tuple[Finding, ...] = ()
-    """Everything that supports the verdict, in file order."""
+    findings: tuple[Finding, ...]
+
+    def __init__(
+        self,
+        path: str,
+        format: str,
+        verdict: Verdict,
+        findings: tuple[Finding, ...] = (),
+    ) -> None:
+        """Freeze one file's result."""
+        _set = object.__setattr__
+        _set(self, "path", path)
+        _set(self, "format", format)
+        _set(self, "verdict", verdict)
+        _set(self, "findings", findings)
 
     def to_dict(self) -> dict[str, Any]:
         """The DESIGN.md JSON shape for one file."""

@@ -219,7 +219,6 @@ def verify_resumed(guard: Any, path: Path, step: int) -> bool:
     Returns True when the directory verifies and is not older than the newest
     recorded checkpoint.
     """
-    import dataclasses
 
     from trainguard.core.errors import TrainguardError
     from trainguard.guard.checks.ledger_view import recorded
@@ -264,7 +263,7 @@ def verify_resumed(guard: Any, path: Path, step: int) -> bool:
         )
     for kind, message, evidence in problems:
         finding = make_finding(ctx, kind, message, evidence={**evidence, "checkpoint": str(path)})
-        ctx.report(dataclasses.replace(finding, path=str(path)))
+        ctx.report(finding.replace(path=str(path)))
     ctx.sink.record(
         "checkpoint.load",
         {"path": str(path.resolve()), "step": step, "verified": not problems, "rank": ctx.rank},

@@ -17,12 +17,12 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from trainguard.core.errors import LimitExceeded, ScanInputError
 from trainguard.core.findings import FileReport, Finding, Severity, Verdict
 from trainguard.core.progress import NULL_PROGRESS, Progress
+from trainguard.core.record import FrozenRecord
 from trainguard.scan.formats.context import ScanContext, combine, limit
 from trainguard.scan.memo import ScanMemo
 
@@ -43,15 +43,30 @@ def _default_limits() -> Limits:
     return DEFAULT_LIMITS
 
 
-@dataclass(frozen=True, slots=True)
-class _Target:
+class _Target(FrozenRecord):
     """One file to scan, or one problem found while walking."""
 
+    __slots__ = ("display", "finding", "outside", "real", "verdict")
     display: str
     real: str | None
-    finding: Finding | None = None
-    verdict: Verdict = Verdict.SAFE
-    outside: bool = False
+    finding: Finding | None
+    verdict: Verdict
+    outside: bool
+
+    def __init__(
+        self,
+        display: str,
+        real: str | None,
+        finding: Finding | None = None,
+        verdict: Verdict = Verdict.SAFE,
+        outside: bool = False,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "display", display)
+        _set(self, "real", real)
+        _set(self, "finding", finding)
+        _set(self, "verdict", verdict)
+        _set(self, "outside", outside)
 
 
 def scan_bytes(

@@ -34,10 +34,10 @@ is no cache a later run (or an insider) could poison.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from trainguard.core.findings import Finding, Verdict
+from trainguard.core.record import FrozenRecord
 
 if TYPE_CHECKING:
     from trainguard.core.limits import Limits
@@ -87,42 +87,83 @@ def digest(data: bytes | memoryview) -> bytes:
     return b"h" + hashlib.sha256(data).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class PickleSummary:
-    """What the torch zip scan needs from one analysis of a ``data.pkl``."""
+class PickleSummary(FrozenRecord):
+    """What the torch zip scan needs from one analysis of a ``data.pkl``.
 
+    ``member``: the member name the findings carry (the scan's full
+    ``a.zip!b/data.pkl`` path); ``base_offset``: the pickle's offset in its file, which
+    the findings' offsets include; ``complete``: STOP was reached; ``end``: offset
+    after STOP, or where parsing stopped; ``findings`` and ``verdict``: the machine's,
+    before :meth:`ScanContext.adopt` names the file; ``storages``: distinct storages
+    the persistent ids name, in order; ``tensors``: every tensor's geometry when
+    ``problems`` is None (else empty: not needed); ``problems``: ``(rule, message)`` of
+    every bad tensor view when they do not depend on the archive (every tensor's
+    persistent id records its storage size), else None and they are worked out per
+    file.
+    """
+
+    __slots__ = (
+        "base_offset",
+        "complete",
+        "end",
+        "findings",
+        "member",
+        "problems",
+        "storages",
+        "tensors",
+        "verdict",
+    )
     member: str | None
-    """Member name the findings carry (the scan's full ``a.zip!b/data.pkl`` path)."""
     base_offset: int
-    """Offset of the pickle in its file, which the findings' offsets include."""
     complete: bool
-    """STOP was reached."""
     end: int
-    """Offset after STOP, or where parsing stopped."""
     findings: tuple[Finding, ...]
-    """The machine's findings, before :meth:`ScanContext.adopt` names the file."""
     verdict: Verdict
-    """The machine's verdict."""
     storages: tuple[StorageInfo, ...]
-    """Distinct storages the persistent ids name, in order."""
     tensors: tuple[TensorGeometry, ...]
-    """Every tensor's geometry, when :attr:`problems` is None (else empty: not needed)."""
     problems: tuple[tuple[str, str], ...] | None
-    """``(rule, message)`` of every bad tensor view when they do not depend on the
-    archive (every tensor's persistent id records its storage size); else None and
-    they are worked out per file."""
+
+    def __init__(
+        self,
+        member: str | None,
+        base_offset: int,
+        complete: bool,
+        end: int,
+        findings: tuple[Finding, ...],
+        verdict: Verdict,
+        storages: tuple[StorageInfo, ...],
+        tensors: tuple[TensorGeometry, ...],
+        problems: tuple[tuple[str, str], ...] | None,
+    ) -> None:
+        """Freeze one analysis."""
+        _set = object.__setattr__
+        _set(self, "member", member)
+        _set(self, "base_offset", base_offset)
+        _set(self, "complete", complete)
+        _set(self, "end", end)
+        _set(self, "findings", findings)
+        _set(self, "verdict", verdict)
+        _set(self, "storages", storages)
+        _set(self, "tensors", tensors)
+        _set(self, "problems", problems)
 
     def reusable_for(self, member: str | None, base_offset: int) -> bool:
         """True when replaying gives exactly the findings a fresh analysis would."""
         return not self.findings or (member == self.member and base_offset == self.base_offset)
 
 
-@dataclass(frozen=True, slots=True)
-class MemberResult:
+class MemberResult(FrozenRecord):
     """The effect a finding-free member scan had on its file's context."""
 
+    __slots__ = ("formats", "verdicts")
     verdicts: tuple[Verdict, ...]
     formats: tuple[str, ...]
+
+    def __init__(self, verdicts: tuple[Verdict, ...], formats: tuple[str, ...]) -> None:
+        """Freeze the member's effect."""
+        _set = object.__setattr__
+        _set(self, "verdicts", verdicts)
+        _set(self, "formats", formats)
 
 
 class ScanMemo:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import _compat_pickle
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from trainguard.core.errors import UsageError
 from trainguard.core.findings import Verdict
+from trainguard.core.record import FrozenRecord
 
 # --------------------------------------------------------------------------------------
 # Allowlist: exact "module.name" -> why calling it (or using it as a value) is harmless.
@@ -801,16 +801,23 @@ ARG_CHECKS: Mapping[str, ArgCheck] = {
 # --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
-    """The policy's answer for one global."""
+class Classification(FrozenRecord):
+    """The policy's answer for one global: its ``verdict`` (``safe``, ``unknown`` or
+    ``malicious``), the ``reason`` (the allowlist or denylist reason, or what made the
+    name evasive), and whether the name is ``evasive`` (spelled to dodge a denylist,
+    not merely dangerous)."""
 
+    __slots__ = ("evasive", "reason", "verdict")
     verdict: Verdict
-    """``safe``, ``unknown`` or ``malicious``."""
     reason: str
-    """Why: the allowlist or denylist reason, or what made the name evasive."""
-    evasive: bool = False
-    """True when the name is spelled to dodge a denylist (not merely dangerous)."""
+    evasive: bool
+
+    def __init__(self, verdict: Verdict, reason: str, evasive: bool = False) -> None:
+        """Freeze the answer."""
+        _set = object.__setattr__
+        _set(self, "verdict", verdict)
+        _set(self, "reason", reason)
+        _set(self, "evasive", evasive)
 
 
 _SAFE_UNLISTED = Classification(Verdict.UNKNOWN, "not in the allowlist (default deny)")

@@ -32,7 +32,7 @@ config file (TOML):
 
 def register(subparsers: Any) -> None:
     """Add the ``scan`` command."""
-    from trainguard.cli.output import add_format_option
+    from trainguard.cli.output import HelpFormatter, add_format_option
 
     parser = subparsers.add_parser(
         "scan",
@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
             "metadata and compressed or nested archives. Nothing is imported or executed."
         ),
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or directories to scan")
     add_format_option(parser)

@@ -34,7 +34,6 @@ between the two reads is not excluded (the scanner still refuses code).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -249,7 +248,7 @@ class LineageMonitor:
         self, ctx: GuardContext, target: Path, message: str, evidence: dict[str, Any]
     ) -> None:
         finding = make_finding(ctx, "weights.tampered", message, evidence=evidence)
-        ctx.report(dataclasses.replace(finding, path=str(target)))
+        ctx.report(finding.replace(path=str(target)))
         raise UnsafeFileError(message + "; refusing to load it")
 
     def _report_external(self, ctx: GuardContext, finding: Finding, target: Path) -> None:
@@ -260,7 +259,7 @@ class LineageMonitor:
             severity=finding.severity,
             evidence={**finding.evidence, "checkpoint": str(target)},
         )
-        ctx.report(dataclasses.replace(ours, path=finding.path or str(target)))
+        ctx.report(ours.replace(path=finding.path or str(target)))
 
 
 def _describe_verify_finding(finding: Finding, target: Path) -> str:

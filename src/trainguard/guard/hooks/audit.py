@@ -270,9 +270,7 @@ def _make_hook(policy: Any, allow: tuple[str, ...]) -> Callable[[str, tuple[Any,
                 evidence=item.evidence,
                 actor=this_process(),
             )
-            finding = dataclasses.replace(
-                finding, path=item.path, global_name=item.global_name, time=item.when
-            )
+            finding = finding.replace(path=item.path, global_name=item.global_name, time=item.when)
             ctx.report(finding)
         except Exception:  # a reporting failure must never unblock the load
             _logger.exception("could not report %s", item.kind)

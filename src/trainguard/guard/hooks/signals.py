@@ -333,7 +333,7 @@ class SignalWatcher:
             },
             actor=actor,
         )
-        ctx.report(dataclasses.replace(finding, time=event.when))
+        ctx.report(finding.replace(time=event.when))
 
     def _deliver(self, signum: int) -> None:
         """Give the signal its normal effect (see the module docstring)."""

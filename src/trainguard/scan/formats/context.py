@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from trainguard.core.errors import LimitExceeded
 from trainguard.core.findings import Finding, Severity, Verdict
+from trainguard.core.record import Record
 
 if TYPE_CHECKING:
     from trainguard.core.limits import Limits
@@ -69,31 +69,65 @@ def exempted(
     return kept, combine(verdicts)
 
 
-@dataclass(slots=True)
-class Budget:
-    """Decompressed bytes produced so far for one top-level file."""
+class Budget(Record):
+    """Decompressed bytes produced so far for one top-level file (``unpacked``)."""
 
-    unpacked: int = 0
+    __slots__ = ("unpacked",)
+
+    def __init__(self, unpacked: int = 0) -> None:
+        """Nothing unpacked yet."""
+        self.unpacked = unpacked
 
 
-@dataclass(slots=True)
-class ScanContext:
-    """Where findings of one top-level file go, plus its limits and deadline."""
+class ScanContext(Record):
+    """Where findings of one top-level file go, plus its limits and deadline.
 
-    path: str
-    limits: Limits
-    policy: Policy | None = None
-    deadline: float | None = None
-    depth: int = 0
-    prefix: str = ""
-    """Member path of the enclosing containers, ending in ``!`` when nested."""
-    findings: list[Finding] = field(default_factory=list)
-    verdicts: list[Verdict] = field(default_factory=list)
-    budget: Budget = field(default_factory=Budget)
-    formats: list[str] = field(default_factory=list)
-    """Formats recognised inside this file, outermost first (for the report)."""
-    memo: ScanMemo | None = None
-    """Results reused across the files of one run (:mod:`trainguard.scan.memo`)."""
+    ``prefix`` is the member path of the enclosing containers, ending in ``!`` when
+    nested; ``formats`` the formats recognised inside this file, outermost first (for
+    the report); ``memo`` the results reused across the files of one run
+    (:mod:`trainguard.scan.memo`).
+    """
+
+    __slots__ = (
+        "budget",
+        "deadline",
+        "depth",
+        "findings",
+        "formats",
+        "limits",
+        "memo",
+        "path",
+        "policy",
+        "prefix",
+        "verdicts",
+    )
+
+    def __init__(
+        self,
+        path: str,
+        limits: Limits,
+        policy: Policy | None = None,
+        deadline: float | None = None,
+        depth: int = 0,
+        prefix: str = "",
+        findings: list[Finding] | None = None,
+        verdicts: list[Verdict] | None = None,
+        budget: Budget | None = None,
+        formats: list[str] | None = None,
+        memo: ScanMemo | None = None,
+    ) -> None:
+        """A context with nothing reported yet (unless the lists are given)."""
+        self.path = path
+        self.limits = limits
+        self.policy = policy
+        self.deadline = deadline
+        self.depth = depth
+        self.prefix = prefix
+        self.findings: list[Finding] = [] if findings is None else findings
+        self.verdicts: list[Verdict] = [] if verdicts is None else verdicts
+        self.budget = Budget() if budget is None else budget
+        self.formats: list[str] = [] if formats is None else formats
+        self.memo = memo
 
     # -- reporting -----------------------------------------------------------------------
     def member(self, name: str | None) -> str | None:
@@ -137,7 +171,7 @@ class ScanContext:
         """Take over findings of the pickle machine (already named by member) for this file."""
         for finding in findings:
             member = finding.member if finding.member is not None else self.member(None)
-            self.findings.append(replace(finding, path=self.path, member=member))
+            self.findings.append(finding.replace(path=self.path, member=member))
         self.verdicts.append(verdict)
 
     def nested(self, name: str) -> ScanContext:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import io
 import pickletools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from trainguard.core.findings import Severity, Verdict
@@ -633,4 +633,4 @@ def _analyse_stitched(
 
     exempt = frozenset({WRAPPER_NAME}) if followed else frozenset()
     findings, verdict = exempted(result.findings, result.verdict, exempt)
-    ctx.adopt([replace(f, offset=remap(f.offset)) for f in findings], verdict)
+    ctx.adopt([f.replace(offset=remap(f.offset)) for f in findings], verdict)

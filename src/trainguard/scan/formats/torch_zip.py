@@ -19,10 +19,10 @@ everything that depends on the rest of the archive is checked for every file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from trainguard.core.findings import Severity, Verdict
+from trainguard.core.record import Record
 from trainguard.scan.formats.context import ScanContext
 from trainguard.scan.formats.zipreader import ZipArchive, ZipEntry
 from trainguard.scan.memo import PickleSummary, TensorGeometry
@@ -107,15 +107,27 @@ def itemsize_of(dtype: object) -> int | None:
     return ITEMSIZE.get(key)
 
 
-@dataclass(slots=True)
-class TorchZip:
-    """A zip recognised as a PyTorch checkpoint (or TorchScript archive)."""
+class TorchZip(Record):
+    """A zip recognised as a PyTorch checkpoint (or TorchScript archive).
 
-    archive: ZipArchive
-    root: str
-    pickle_entry: ZipEntry
-    handled: set[int] = field(default_factory=set)
-    """``id()`` of entries this module took care of; the generic member loop skips them."""
+    ``handled`` holds the ``id()`` of entries this module took care of; the generic
+    member loop skips them.
+    """
+
+    __slots__ = ("archive", "handled", "pickle_entry", "root")
+
+    def __init__(
+        self,
+        archive: ZipArchive,
+        root: str,
+        pickle_entry: ZipEntry,
+        handled: set[int] | None = None,
+    ) -> None:
+        """Nothing handled yet."""
+        self.archive = archive
+        self.root = root
+        self.pickle_entry = pickle_entry
+        self.handled: set[int] = set() if handled is None else handled
 
     @classmethod
     def detect(cls, archive: ZipArchive) -> TorchZip | None:

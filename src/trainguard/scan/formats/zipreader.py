@@ -21,11 +21,11 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from trainguard.core.errors import LimitExceeded
 from trainguard.core.findings import Severity, Verdict
+from trainguard.core.record import FrozenRecord, Record
 
 LOCAL_SIG: Final = b"PK\x03\x04"
 CENTRAL_SIG: Final = b"PK\x01\x02"
@@ -67,40 +67,92 @@ _GAP_SCAN_LIMIT: Final = 64 << 20
 """Unaccounted gaps larger than this are reported without being searched byte by byte."""
 
 
-@dataclass(frozen=True, slots=True)
-class ZipIssue:
+class ZipIssue(FrozenRecord):
     """One disagreement or malformation; becomes a scanner finding."""
 
+    __slots__ = ("evidence", "member", "message", "offset", "rule", "severity", "verdict")
     rule: str
     severity: Severity
     verdict: Verdict
     message: str
-    member: str | None = None
-    offset: int | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
+    member: str | None
+    offset: int | None
+    evidence: dict[str, Any]
+
+    def __init__(
+        self,
+        rule: str,
+        severity: Severity,
+        verdict: Verdict,
+        message: str,
+        member: str | None = None,
+        offset: int | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the issue."""
+        _set = object.__setattr__
+        _set(self, "rule", rule)
+        _set(self, "severity", severity)
+        _set(self, "verdict", verdict)
+        _set(self, "message", message)
+        _set(self, "member", member)
+        _set(self, "offset", offset)
+        _set(self, "evidence", {} if evidence is None else evidence)
 
 
-@dataclass(slots=True)
-class ZipEntry:
-    """One member, as the central directory (or, for hidden entries, a local header) says."""
+class ZipEntry(Record):
+    """One member, as the central directory (or, for hidden entries, a local header) says.
 
-    name: str
-    raw_name: bytes
-    index: int
-    """Position in the central directory; -1 for an entry found only as a local header."""
-    header_offset: int
-    """Absolute offset of the local header in the buffer."""
-    method: int
-    flags: int
-    crc: int
-    compress_size: int
-    file_size: int
-    data_offset: int = -1
-    """Absolute offset of the member data; -1 when the local header is unreadable."""
-    data_end: int = -1
-    """End of the member's bytes including any data descriptor."""
-    local_ok: bool = False
-    """The local header was found and parsed."""
+    ``index`` is the position in the central directory (-1 for an entry found only as
+    a local header); ``header_offset`` the absolute offset of the local header;
+    ``data_offset`` that of the member data (-1 while the local header is unread or
+    unreadable); ``data_end`` the end of the member's bytes including any data
+    descriptor; ``local_ok`` tells whether the local header was found and parsed.
+    """
+
+    __slots__ = (
+        "compress_size",
+        "crc",
+        "data_end",
+        "data_offset",
+        "file_size",
+        "flags",
+        "header_offset",
+        "index",
+        "local_ok",
+        "method",
+        "name",
+        "raw_name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        raw_name: bytes,
+        index: int,
+        header_offset: int,
+        method: int,
+        flags: int,
+        crc: int,
+        compress_size: int,
+        file_size: int,
+        data_offset: int = -1,
+        data_end: int = -1,
+        local_ok: bool = False,
+    ) -> None:
+        """An entry whose local header is not checked yet."""
+        self.name = name
+        self.raw_name = raw_name
+        self.index = index
+        self.header_offset = header_offset
+        self.method = method
+        self.flags = flags
+        self.crc = crc
+        self.compress_size = compress_size
+        self.file_size = file_size
+        self.data_offset = data_offset
+        self.data_end = data_end
+        self.local_ok = local_ok
 
     @property
     def in_central_directory(self) -> bool:
@@ -201,16 +253,26 @@ class ZipArchive:
             if 0 <= e.data_offset < e.data_end
         )
         spans.append((chosen, chosen))
+        # searched in place, or a copy of the window only (a member of a larger buffer)
+        whole, base = self._whole, 0
+        if whole is None:
+            whole, base = bytes(self.data[window:chosen]), window
         found: list[int] = []
         cursor = window
+        reach = len(EOCD_SIG) - 1
         for lo, hi in spans:
             if cursor >= chosen:
                 break
             if lo > cursor:
                 # a record starting in [cursor, lo) may run into the data after it, but
                 # not into the chosen record
-                found.extend(self._find_all(EOCD_SIG, cursor, min(lo + len(EOCD_SIG) - 1, chosen)))
-            cursor = max(cursor, hi)
+                end = min(lo + reach, chosen) - base
+                pos = whole.find(EOCD_SIG, cursor - base, end)
+                while pos >= 0:
+                    found.append(base + pos)
+                    pos = whole.find(EOCD_SIG, pos + 1, end)
+            if hi > cursor:
+                cursor = hi
         for other in sorted(found, reverse=True):
             if not self._plausible_eocd(other):
                 continue
@@ -223,21 +285,6 @@ class ZipArchive:
                 offset=other,
                 chosen=chosen,
             )
-
-    def _find_all(self, needle: bytes, start: int, end: int) -> list[int]:
-        """Offsets of every ``needle`` lying wholly in ``[start, end)``."""
-        if end - start < len(needle):
-            return []
-        whole = self._whole
-        region: bytes | mmap.mmap = whole if whole is not None else bytes(self.data[start:end])
-        base = 0 if whole is not None else start
-        lo, hi = start - base, end - base
-        found = []
-        pos = region.find(needle, lo, hi)
-        while pos >= 0:
-            found.append(base + pos)
-            pos = region.find(needle, pos + 1, hi)
-        return found
 
     def _plausible_eocd(self, offset: int) -> bool:
         """An end record whose central-directory pointer lands on a central header."""

@@ -31,11 +31,11 @@ import re
 import struct
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from trainguard.core.findings import Finding, Severity, Verdict
 from trainguard.core.limits import DEFAULT_LIMITS, Limits
+from trainguard.core.record import FrozenRecord
 from trainguard.scan.picklevm import opcodes as op
 from trainguard.scan.picklevm.values import (
     SYMBOLIC_TYPES,
@@ -173,44 +173,103 @@ RULES: dict[str, tuple[Verdict, Severity, str]] = {
 """Every rule id the machine emits -> (verdict, severity, meaning)."""
 
 
-@dataclass(frozen=True, slots=True)
-class PickleResult:
-    """What one pickle contains, as far as the machine could follow it."""
+class PickleResult(FrozenRecord):
+    """What one pickle contains, as far as the machine could follow it.
 
+    ``start``: offset of the first opcode inside the analysed buffer; ``end``: offset
+    after STOP, or where parsing stopped; ``complete``: STOP was reached without a
+    halting error; ``verdict``: combined verdict of ``findings`` (malicious > error >
+    unknown > safe); ``findings``: everything found, in stream order of first
+    occurrence; ``globals``: every global reference made (one per import opcode or
+    resolved gadget); ``persistent_ids``: every persistent id, in order; ``root``: the
+    value STOP returned (symbolic), None when incomplete; ``protocol``: the first PROTO
+    opcode's value (None for protocol 0/1 streams without one); ``opcodes``: opcodes
+    executed.
+    """
+
+    __slots__ = (
+        "complete",
+        "end",
+        "findings",
+        "globals",
+        "opcodes",
+        "persistent_ids",
+        "protocol",
+        "root",
+        "start",
+        "verdict",
+    )
     start: int
-    """Offset of the first opcode inside the analysed buffer."""
     end: int
-    """Offset after STOP, or where parsing stopped."""
     complete: bool
-    """True when STOP was reached without a halting error."""
     verdict: Verdict
-    """Combined verdict of :attr:`findings` (malicious > error > unknown > safe)."""
     findings: tuple[Finding, ...]
-    """Everything found, in stream order of first occurrence."""
     globals: tuple[GlobalRef, ...]
-    """Every global reference made (one per import opcode or resolved gadget)."""
-    persistent_ids: tuple[PersistentRef, ...] = field(repr=False)
-    """Every persistent id, in order."""
-    root: Any = field(repr=False)
-    """The value STOP returned (symbolic), None when incomplete."""
+    persistent_ids: tuple[PersistentRef, ...]
+    root: Any
     protocol: int | None
-    """Value of the first PROTO opcode; None for protocol 0/1 streams without one."""
-    opcodes: int = 0
-    """Opcodes executed."""
+    opcodes: int
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        complete: bool,
+        verdict: Verdict,
+        findings: tuple[Finding, ...],
+        globals: tuple[GlobalRef, ...],
+        persistent_ids: tuple[PersistentRef, ...],
+        root: Any,
+        protocol: int | None,
+        opcodes: int = 0,
+    ) -> None:
+        """Freeze one pickle's analysis."""
+        _set = object.__setattr__
+        _set(self, "start", start)
+        _set(self, "end", end)
+        _set(self, "complete", complete)
+        _set(self, "verdict", verdict)
+        _set(self, "findings", findings)
+        _set(self, "globals", globals)
+        _set(self, "persistent_ids", persistent_ids)
+        _set(self, "root", root)
+        _set(self, "protocol", protocol)
+        _set(self, "opcodes", opcodes)
+
+    def __repr__(self) -> str:
+        """Without the value tree and the persistent ids (huge for real checkpoints)."""
+        return (
+            f"PickleResult(start={self.start}, end={self.end}, complete={self.complete}, "
+            f"verdict={self.verdict!r}, findings={self.findings!r}, globals={self.globals!r}, "
+            f"protocol={self.protocol}, opcodes={self.opcodes})"
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class StreamResult:
-    """Several pickles read back to back from one buffer."""
+class StreamResult(FrozenRecord):
+    """Several pickles read back to back from one buffer: each pickle in order
+    (``pickles``), the combined ``verdict``, all ``findings`` of all pickles plus
+    trailing-data findings, and ``end``, the offset after the last complete pickle
+    (where trailing bytes start)."""
 
+    __slots__ = ("end", "findings", "pickles", "verdict")
     pickles: tuple[PickleResult, ...]
-    """Each pickle, in order."""
     verdict: Verdict
-    """Combined verdict of all findings."""
     findings: tuple[Finding, ...]
-    """All findings of all pickles, plus trailing-data findings."""
     end: int
-    """Offset after the last complete pickle (where trailing bytes start)."""
+
+    def __init__(
+        self,
+        pickles: tuple[PickleResult, ...],
+        verdict: Verdict,
+        findings: tuple[Finding, ...],
+        end: int,
+    ) -> None:
+        """Freeze a stream's analysis."""
+        _set = object.__setattr__
+        _set(self, "pickles", pickles)
+        _set(self, "verdict", verdict)
+        _set(self, "findings", findings)
+        _set(self, "end", end)
 
 
 class _Halt(Exception):

@@ -13,9 +13,9 @@ of bounds).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trainguard.core.record import FrozenRecord
 from trainguard.scan.picklevm.machine import PickleResult
 from trainguard.scan.picklevm.values import Call, GlobalRef, PersistentRef
 from trainguard.scan.policy import STORAGE_DTYPES
@@ -47,42 +47,82 @@ _LEAF_TYPES = frozenset({int, float, bool, str, bytes, type(None)})
 """Exact types of scalar nodes: the walk counts them but builds no dotted name for them."""
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRef:
-    """One tensor of a torch pickle: which storage it views and how."""
+class TensorRef(FrozenRecord):
+    """One tensor of a torch pickle: which storage it views and how.
 
+    ``storage_key``: archive record name under ``data/`` (zip format) or the legacy
+    root key; ``dtype``: element dtype (``float32``, ``bfloat16``; from the storage
+    class or v3 dtype); ``storage_offset``: first element, in elements; ``shape`` and
+    ``stride`` (in elements) per dimension; ``location``: device string recorded at
+    save time; ``storage_numel``: elements in the storage as the persistent id records
+    it (bytes for untyped); ``requires_grad`` where the rebuild call records it;
+    ``rebuild``: the rebuild function used (``torch._utils._rebuild_tensor_v2``...).
+    """
+
+    __slots__ = (
+        "dtype",
+        "location",
+        "rebuild",
+        "requires_grad",
+        "shape",
+        "storage_key",
+        "storage_numel",
+        "storage_offset",
+        "stride",
+    )
     storage_key: str
-    """Archive record name under ``data/`` (zip format) or the legacy root key."""
     dtype: str
-    """Element dtype, e.g. ``float32``, ``bfloat16`` (from the storage class or v3 dtype)."""
     storage_offset: int
-    """Offset of the first element, in elements."""
     shape: tuple[int, ...]
-    """Size per dimension."""
     stride: tuple[int, ...]
-    """Stride per dimension, in elements."""
     location: str
-    """Device string recorded at save time (``cpu``, ``cuda:0``)."""
     storage_numel: int | None
-    """Elements in the storage as recorded in the persistent id (bytes for untyped)."""
-    requires_grad: bool = False
-    """The tensor's requires_grad flag, where the rebuild call records it."""
-    rebuild: str = ""
-    """The rebuild function used (``torch._utils._rebuild_tensor_v2``...)."""
+    requires_grad: bool
+    rebuild: str
+
+    def __init__(
+        self,
+        storage_key: str,
+        dtype: str,
+        storage_offset: int,
+        shape: tuple[int, ...],
+        stride: tuple[int, ...],
+        location: str,
+        storage_numel: int | None,
+        requires_grad: bool = False,
+        rebuild: str = "",
+    ) -> None:
+        """Record one tensor's view of its storage."""
+        _set = object.__setattr__
+        _set(self, "storage_key", storage_key)
+        _set(self, "dtype", dtype)
+        _set(self, "storage_offset", storage_offset)
+        _set(self, "shape", shape)
+        _set(self, "stride", stride)
+        _set(self, "location", location)
+        _set(self, "storage_numel", storage_numel)
+        _set(self, "requires_grad", requires_grad)
+        _set(self, "rebuild", rebuild)
 
 
-@dataclass(frozen=True, slots=True)
-class StorageRef:
-    """One storage named by a persistent id."""
+class StorageRef(FrozenRecord):
+    """One storage named by a persistent id: archive record ``key`` under ``data/``,
+    ``dtype`` of the storage class (``uint8`` for untyped storages), ``location``
+    recorded at save time, and ``numel`` (elements; bytes for untyped storages)."""
 
+    __slots__ = ("dtype", "key", "location", "numel")
     key: str
-    """Archive record name under ``data/``."""
     dtype: str
-    """Element dtype of the storage class (``uint8`` for untyped storages)."""
     location: str
-    """Device string recorded at save time."""
     numel: int
-    """Elements (bytes for untyped storages) the storage holds."""
+
+    def __init__(self, key: str, dtype: str, location: str, numel: int) -> None:
+        """Record one storage."""
+        _set = object.__setattr__
+        _set(self, "key", key)
+        _set(self, "dtype", dtype)
+        _set(self, "location", location)
+        _set(self, "numel", numel)
 
 
 def _text(value: Any) -> str | None:

@@ -21,37 +21,53 @@ hostile pickle cannot make the scanner run user code or blow the C stack.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from trainguard.core.record import Frozen
 
-@dataclass(frozen=True, slots=True, eq=False)
-class GlobalRef:
+_set = object.__setattr__
+
+
+class GlobalRef(Frozen):
     """A global the pickle imports: ``module`` and attribute path ``name``.
 
     ``module``/``name`` are what the real unpickler would import after its Python 2
     name mapping (``fix_imports`` for protocols < 3); ``raw_module``/``raw_name`` are
-    the bytes the file spelled, kept for messages when they differ.
+    the bytes the file spelled, kept for messages when they differ. Fields: ``module``
+    (imported by ``find_class``), ``name`` (attribute path, dotted for protocol >= 4
+    walks), ``offset`` (absolute byte offset of the opcode), ``raw_module`` and
+    ``raw_name`` (as written, when the mapping changed them; else empty), ``via`` (how
+    the reference arose when not a plain import: ``getattr``, ``EXT2 code 7``...) and
+    ``qualified`` (``module.name`` as the policy tables spell it, computed once: the hot
+    loop reads it).
     """
 
+    __slots__ = ("module", "name", "offset", "qualified", "raw_module", "raw_name", "via")
     module: str
-    """Module imported by ``find_class`` (after the Python 2 mapping)."""
     name: str
-    """Attribute path looked up on the module; dotted for protocol >= 4 walks."""
     offset: int
-    """Absolute byte offset of the opcode that produced the reference."""
-    raw_module: str = ""
-    """Module as written in the file, when the mapping changed it; else empty."""
-    raw_name: str = ""
-    """Name as written in the file, when the mapping changed it; else empty."""
-    via: str = ""
-    """How the reference arose when not a plain import (``getattr``, ``EXT2 code 7``...)."""
-    qualified: str = field(init=False, repr=False)
-    """``module.name`` as the policy tables spell it (computed once: the hot loop reads it)."""
+    raw_module: str
+    raw_name: str
+    via: str
+    qualified: str
 
-    def __post_init__(self) -> None:
-        """Precompute :attr:`qualified`."""
-        object.__setattr__(self, "qualified", f"{self.module}.{self.name}")
+    def __init__(
+        self,
+        module: str,
+        name: str,
+        offset: int,
+        raw_module: str = "",
+        raw_name: str = "",
+        via: str = "",
+    ) -> None:
+        """Record the reference and precompute :attr:`qualified`."""
+        _set(self, "module", module)
+        _set(self, "name", name)
+        _set(self, "offset", offset)
+        _set(self, "raw_module", raw_module)
+        _set(self, "raw_name", raw_name)
+        _set(self, "via", via)
+        _set(self, "qualified", f"{module}.{name}")
 
     def __repr__(self) -> str:
         """Short form used in messages and test failures."""
@@ -62,36 +78,50 @@ _NO_STATE: Any = object()
 """Sentinel: BUILD never ran on this object."""
 
 
-@dataclass(slots=True, eq=False)
 class Call:
     """The result of calling ``func`` with ``args`` (and ``kwargs`` for NEWOBJ_EX).
 
     ``kind`` names the opcode (``reduce``, ``obj``, ``inst``, ``newobj``,
-    ``newobj_ex``). Mutations applied to the result afterwards are appended in
-    order: ``state`` holds the last BUILD state (``builds`` counts them),
-    ``appends``/``setitems``/``additems`` hold what the container opcodes added.
+    ``newobj_ex``); ``offset`` is that opcode's absolute byte offset. Mutations
+    applied to the result afterwards are recorded in order: ``state`` holds the last
+    BUILD state (the private no-state sentinel until one ran, see :attr:`has_state`;
+    ``builds`` counts them), ``appends``/``setitems``/``additems`` hold what
+    APPEND(S), SETITEM(S) and ADDITEMS added (the object's ``extend``/``append``,
+    ``__setitem__`` and ``add`` ran). Compared and hashed by identity.
     """
 
-    func: Any
-    """The callable: usually a :class:`GlobalRef`, possibly another node."""
-    args: Any
-    """Argument tuple (or a node standing for one)."""
-    kind: str
-    """Opcode family that made the call."""
-    offset: int
-    """Absolute byte offset of that opcode."""
-    kwargs: Any = None
-    """Keyword arguments for NEWOBJ_EX, else None."""
-    state: Any = _NO_STATE
-    """Last BUILD state applied, or the private no-state sentinel (see :attr:`has_state`)."""
-    builds: int = 0
-    """How many BUILD opcodes targeted this object."""
-    appends: list[Any] | None = None
-    """Items APPEND/APPENDS added (the object's ``extend``/``append`` ran)."""
-    setitems: list[tuple[Any, Any]] | None = None
-    """Key/value pairs SETITEM/SETITEMS stored (the object's ``__setitem__`` ran)."""
-    additems: list[Any] | None = None
-    """Items ADDITEMS added (the object's ``add`` ran)."""
+    __slots__ = (
+        "additems",
+        "appends",
+        "args",
+        "builds",
+        "func",
+        "kind",
+        "kwargs",
+        "offset",
+        "setitems",
+        "state",
+    )
+
+    def __init__(
+        self,
+        func: Any,
+        args: Any,
+        kind: str,
+        offset: int,
+        kwargs: Any = None,
+    ) -> None:
+        """A call with no mutation applied yet."""
+        self.func = func
+        self.args = args
+        self.kind = kind
+        self.offset = offset
+        self.kwargs = kwargs
+        self.state: Any = _NO_STATE
+        self.builds = 0
+        self.appends: list[Any] | None = None
+        self.setitems: list[tuple[Any, Any]] | None = None
+        self.additems: list[Any] | None = None
 
     @property
     def has_state(self) -> bool:
@@ -109,60 +139,81 @@ class Call:
         return f"Call({self.target or type(self.func).__name__}, {self.kind}@{self.offset})"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class PersistentRef:
-    """A persistent id the loader resolves (torch: a storage tuple)."""
+class PersistentRef(Frozen):
+    """A persistent id the loader resolves (torch: a storage tuple): the ``pid`` value as
+    the pickle built it, at the PERSID/BINPERSID opcode's absolute ``offset``."""
 
+    __slots__ = ("offset", "pid")
     pid: Any
-    """The persistent id value as the pickle built it."""
     offset: int
-    """Absolute byte offset of the PERSID/BINPERSID opcode."""
+
+    def __init__(self, pid: Any, offset: int) -> None:
+        """Record the id."""
+        _set(self, "pid", pid)
+        _set(self, "offset", offset)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class LazyBytes:
-    """A bytes or bytearray argument too large to copy: where it lies in the input."""
+class LazyBytes(Frozen):
+    """A bytes or bytearray argument too large to copy: where it lies in the input
+    (``offset`` of the first payload byte, ``length``; ``mutable`` for BYTEARRAY8)."""
 
+    __slots__ = ("length", "mutable", "offset")
     offset: int
-    """Absolute byte offset of the first payload byte."""
     length: int
-    """Payload length in bytes."""
-    mutable: bool = False
-    """True for BYTEARRAY8."""
+    mutable: bool
+
+    def __init__(self, offset: int, length: int, mutable: bool = False) -> None:
+        """Record where the blob lies."""
+        _set(self, "offset", offset)
+        _set(self, "length", length)
+        _set(self, "mutable", mutable)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class LazyStr:
-    """A text argument too large to decode: where its encoded bytes lie."""
+class LazyStr(Frozen):
+    """A text argument too large to decode: where its encoded bytes lie (``offset`` of
+    the first encoded byte, encoded ``length``)."""
 
+    __slots__ = ("length", "offset")
     offset: int
-    """Absolute byte offset of the first encoded byte."""
     length: int
-    """Encoded length in bytes."""
+
+    def __init__(self, offset: int, length: int) -> None:
+        """Record where the text lies."""
+        _set(self, "offset", offset)
+        _set(self, "length", length)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class OutOfBandBuffer:
-    """Protocol-5 NEXT_BUFFER: data supplied by the caller, not in the file."""
+class OutOfBandBuffer(Frozen):
+    """Protocol-5 NEXT_BUFFER: data supplied by the caller, not in the file (``index``
+    among the pickle's NEXT_BUFFER opcodes, opcode ``offset``; ``readonly`` once
+    READONLY_BUFFER applied)."""
 
+    __slots__ = ("index", "offset", "readonly")
     index: int
-    """Ordinal of the buffer among the pickle's NEXT_BUFFER opcodes."""
     offset: int
-    """Absolute byte offset of the opcode."""
-    readonly: bool = False
-    """True once READONLY_BUFFER applied."""
+    readonly: bool
+
+    def __init__(self, index: int, offset: int, readonly: bool = False) -> None:
+        """Record the buffer reference."""
+        _set(self, "index", index)
+        _set(self, "offset", offset)
+        _set(self, "readonly", readonly)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class Opaque:
-    """A value the machine cannot determine statically (e.g. a dynamic import)."""
+class Opaque(Frozen):
+    """A value the machine cannot determine statically (e.g. a dynamic import): ``why``
+    (what produced it), opcode ``offset`` and the operands involved (``parts``)."""
 
+    __slots__ = ("offset", "parts", "why")
     why: str
-    """What produced it."""
     offset: int
-    """Absolute byte offset of the opcode."""
-    parts: tuple[Any, ...] = field(default=())
-    """Operands involved, for later inspection."""
+    parts: tuple[Any, ...]
+
+    def __init__(self, why: str, offset: int, parts: tuple[Any, ...] = ()) -> None:
+        """Record the unknown value."""
+        _set(self, "why", why)
+        _set(self, "offset", offset)
+        _set(self, "parts", parts)
 
 
 SYMBOLIC_TYPES = (GlobalRef, Call, PersistentRef, LazyBytes, LazyStr, OutOfBandBuffer, Opaque)
