@@ -150,7 +150,7 @@ class GuardSettings:
     """Telemetry events buffered before a batch write (findings are written at once)."""
     step_events: bool = True
     """Write a ``step`` event per optimizer step (seconds, loss, grad_norm) for reports."""
-    grad_norm_every: int = 10
+    grad_norm_every: int = 25
     """Steps between the guard's own global gradient-norm measurements for the ``step``
     events (0 = only values passed to ``observe(grad_norm=...)``)."""
     env_summary: bool = True

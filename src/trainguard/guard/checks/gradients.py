@@ -133,7 +133,7 @@ class GradientMonitor:
         self._index: dict[int, int] = {}
         self._idx: list[torch.Tensor] = []
         self._offsets: list[int] = []
-        self._plans: dict[tuple[int, int, int], Any] = {}
+        self._plans: dict[tuple[int, int, int, int], Any] = {}
         self._handles: list[Any] = []
         self._sumsq = torch.zeros(0, dtype=torch.float64)
         self._sketch = torch.zeros(0, dtype=torch.float64)
@@ -285,25 +285,33 @@ class GradientMonitor:
         self.cpu_seconds += time.thread_time() - c0
 
     def _fingerprint_bucket(self, bucket: Any, with_norms: bool) -> None:
-        grads: list[torch.Tensor] = bucket.gradients()
         params = bucket.parameters()
-        if not grads:
+        if not params:
             return
-        key = (int(bucket.index()), len(params), id(params[0]))
+        buffer = bucket.buffer()
+        key = (int(bucket.index()), len(params), id(params[0]), int(buffer.data_ptr()))
         plan = self._plans.get(key)
+        grads: list[torch.Tensor] | None = None
         if plan is None:
-            plan = self._plan(bucket.buffer(), params, grads)
+            grads = bucket.gradients()
+            plan = self._plan(buffer, params, grads)
+            if len(self._plans) > 64:  # buckets rebuilt many times: keep the cache small
+                self._plans.clear()
             self._plans[key] = plan
         js, buf_idx, dest, keep = plan
         if js.numel() == 0:
             return
-        tracked = [grads[i] for i in keep]
-        if with_norms:
-            norms = torch.stack(torch._foreach_norm(tracked)).to(torch.float64)
-            self._sumsq.index_add_(0, js, norms * norms)
-            self._seen_norm = True
+        if with_norms or buf_idx is None:
+            # bucket.gradients() builds one view per parameter: only when needed.
+            if grads is None:
+                grads = bucket.gradients()
+            tracked = [grads[i] for i in keep]
+            if with_norms:
+                norms = torch.stack(torch._foreach_norm(tracked)).to(torch.float64)
+                self._sumsq.index_add_(0, js, norms * norms)
+                self._seen_norm = True
         if buf_idx is not None:
-            vals = bucket.buffer().reshape(-1).index_select(0, buf_idx).to(torch.float64)
+            vals = buffer.reshape(-1).index_select(0, buf_idx).to(torch.float64)
         else:
             vals = torch.cat(
                 [
