@@ -62,3 +62,29 @@ def test_clean_run_has_no_signal_finding(tmp_path: Path) -> None:
     job = launch(tmp_path, 1, ["--steps", "6"])
     assert job.wait(timeout=90) == [0], job.logs()
     assert findings(tmp_path) == []
+
+
+def test_blocked_mask_reads_one_threads_signal_mask() -> None:
+    """The heartbeat's ``signal_mask`` bit: the main thread must keep blocking the watched
+    signals; a thread that unblocks one shows it in its own /proc status."""
+    import signal
+    import threading
+
+    from trainguard.guard.hooks.signals import blocked_mask
+
+    seen: dict[str, int | None] = {}
+
+    def probe() -> None:
+        me = threading.get_native_id()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+        seen["blocked"] = blocked_mask(me)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        seen["unblocked"] = blocked_mask(me)
+
+    worker = threading.Thread(target=probe)
+    worker.start()
+    worker.join(timeout=10)
+    bit = 1 << (signal.SIGUSR1 - 1)
+    assert seen["blocked"] is not None and seen["blocked"] & bit
+    assert seen["unblocked"] is not None and not seen["unblocked"] & bit
+    assert blocked_mask(2**30) is None  # no such thread
