@@ -289,7 +289,9 @@ class GradientMonitor:
         if not params:
             return
         buffer = bucket.buffer()
-        key = (int(bucket.index()), len(params), id(params[0]), int(buffer.data_ptr()))
+        # DDP rebuilds its buckets after the first iteration (parameter order changes,
+        # and a new buffer may reuse the old one's address): the key names the layout.
+        key = (int(bucket.index()), len(params), id(params[0]), id(params[-1]))
         plan = self._plans.get(key)
         grads: list[torch.Tensor] | None = None
         if plan is None:

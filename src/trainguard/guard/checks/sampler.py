@@ -269,6 +269,10 @@ class _ThreadState:
             self.fd = None
 
 
+_BUSY = 0.3
+"""Share of the wall time between two samples the thread must have spent on the CPU to
+count as running (below it, the scheduler state decides)."""
+
 PHASE_OUTSIDE = 0
 """Between the training calls (the loop body)."""
 PHASE_COMPUTE = 1
@@ -333,13 +337,15 @@ class StackSampler:
                 break
             now = time.perf_counter()
             cpu = self._tstate.cpu()
-            state = self._tstate.state()
-            frame = sys._current_frames().get(self.ident)
             dt = now - last
+            cpu_dt = (cpu - last_cpu) if (cpu is not None and last_cpu is not None) else None
+            # The scheduler state (a /proc read, a third of a sample's cost) only decides
+            # between asleep and running when the CPU clock did not show the thread busy.
+            state = self._tstate.state() if cpu_dt is None or cpu_dt < _BUSY * dt else None
+            frame = sys._current_frames().get(self.ident)
             if frame is None:  # the training thread is gone
                 last = now
                 continue
-            cpu_dt = (cpu - last_cpu) if (cpu is not None and last_cpu is not None) else None
             try:
                 bucket, location, blocked = self.classify(frame, dt, cpu_dt, state)
                 self.acc.add(bucket, dt, location, blocked)
@@ -357,13 +363,15 @@ class StackSampler:
     ) -> tuple[str, str | None, bool]:
         """``(bucket, location, blocked)`` for one sample of ``frame``'s stack."""
         kind_of = self.classifier.kind
+        known = self.classifier._cache
         inner: FrameType | None = None
         inner_kind = "user"
         has_guard = has_data = has_compute_ctx = has_checkpoint = False
         f: FrameType | None = frame
         depth = 0
         while f is not None and depth < 128:
-            k = kind_of(f.f_code.co_filename)
+            filename = f.f_code.co_filename
+            k = known.get(filename) or kind_of(filename)
             if inner is None and k != "stdlib":
                 inner, inner_kind = f, k
             if k == "guard":
@@ -379,7 +387,7 @@ class StackSampler:
         if cpu_dt is None:
             idle = state in ("S", "D") if state is not None else False
         else:
-            busy_cpu = cpu_dt >= 0.3 * dt
+            busy_cpu = cpu_dt >= _BUSY * dt
             idle = (not busy_cpu) and (state in ("S", "D", None))
         # Serialising a checkpoint, unless user code runs inside it (a __reduce__, a
         # file object's write): that code is classified like any other user frame.
