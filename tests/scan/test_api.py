@@ -144,3 +144,46 @@ def test_fuzz_mutated_torch_zips(data: st.DataObject) -> None:
     assert report.verdict is not Verdict.SAFE
     if report.verdict is Verdict.ERROR:
         assert report.findings
+
+
+@pytest.mark.timeout(60)
+def test_fifo_is_reported_not_waited_on(tmp_path: Path) -> None:
+    """A named pipe, given directly or reached through a symlink, has no writer: opening
+    it for reading must not block the scan (the read is never attempted)."""
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    (report,) = scan_path([str(fifo)])
+    assert report.verdict is Verdict.ERROR
+    assert [f.rule for f in report.findings] == ["scan.special_file"]
+    (tmp_path / "model.pt").symlink_to(fifo)
+    by_name = {Path(r.path).name: r for r in scan_path([str(tmp_path)])}
+    assert by_name["model.pt"].verdict is Verdict.ERROR  # followed, then refused
+    assert [f.rule for f in by_name["model.pt"].findings] == ["scan.special_file"]
+    assert [f.rule for f in by_name["pipe.pt"].findings] == ["scan.special_file"]
+
+
+def test_file_over_the_size_limit_is_not_read(tmp_path: Path) -> None:
+    from trainguard.core.limits import Limits
+
+    path = tmp_path / "big.pt"
+    path.write_bytes(cf.torch_save_bytes({"w": 1}))
+    (report,) = scan_path([str(path)], limits=Limits(max_file_size=100))
+    assert report.verdict is Verdict.ERROR
+    assert [f.rule for f in report.findings] == ["limit.file_size"]
+
+
+def test_file_that_grows_while_read_is_read_to_its_end(tmp_path: Path) -> None:
+    from trainguard.scan.api import _read_all
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 5000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _read_all(fd, 100) == b"x" * 5000  # fstat said 100: the file grew
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _read_all(fd, 9000) == b"x" * 5000  # it shrank
+    finally:
+        os.close(fd)

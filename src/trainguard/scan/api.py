@@ -376,34 +376,43 @@ def _scan_target(
 def _scan_file(
     display: str, real: str, policy: Policy | None, lim: Limits, memo: ScanMemo | None
 ) -> FileReport:
+    # os.open/os.read rather than open(): no buffered file object per file (a tenth of
+    # the reading cost of 1,000 small checkpoints).
     try:
-        with open(real, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                return _error_report(display, "not a regular file", "scan.special_file")
-            max_file = limit(lim, "max_file_size", 4 << 40)
-            if info.st_size > max_file:
-                return _error_report(
-                    display,
-                    f"{info.st_size} bytes exceeds the {max_file}-byte file limit",
-                    "limit.file_size",
-                )
-            if info.st_size == 0:
-                return _scan_view(memoryview(b""), display, policy, lim, None, memo)
-            if info.st_size <= READ_WHOLE_BYTES:
-                # One read() is cheaper than mapping: every page of a small zip is touched
-                # anyway (end-record search), and a mapping costs a fault per page.
-                data = memoryview(handle.read())
-                return _scan_view(data, display, policy, lim, None, memo)
-            try:
-                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
-                data = memoryview(handle.read())
-                return _scan_view(data, display, policy, lim, None, memo)
+        # O_NONBLOCK: opening a FIFO (named directly, or through a symlink) must not
+        # wait for a writer; fstat then reports it as not a regular file.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         return _error_report(
             display, f"cannot read the file: {exc.strerror or exc}", "scan.unreadable"
         )
+    mapped: mmap.mmap | None = None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _error_report(display, "not a regular file", "scan.special_file")
+        max_file = limit(lim, "max_file_size", 4 << 40)
+        if info.st_size > max_file:
+            return _error_report(
+                display,
+                f"{info.st_size} bytes exceeds the {max_file}-byte file limit",
+                "limit.file_size",
+            )
+        if info.st_size > READ_WHOLE_BYTES:
+            try:
+                mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                mapped = None
+        if mapped is None:
+            # Small files: one read is cheaper than a mapping (a fault per touched page).
+            data = memoryview(_read_all(fd, info.st_size))
+            return _scan_view(data, display, policy, lim, None, memo)
+    except OSError as exc:
+        return _error_report(
+            display, f"cannot read the file: {exc.strerror or exc}", "scan.unreadable"
+        )
+    finally:
+        os.close(fd)
     try:
         return _scan_view(memoryview(mapped), display, policy, lim, None, memo)
     finally:
@@ -412,6 +421,21 @@ def _scan_file(
         except BufferError:
             # A finding still references the mapping; it is closed when collected.
             pass
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """Every byte up to end of file; ``size`` (from fstat) is a hint, the file may change.
+
+    A regular file's read comes back short only at end of file, so the usual case is
+    one system call; a file that grew since fstat is read on to its end.
+    """
+    data = os.read(fd, size + 1)
+    if len(data) <= size:
+        return data
+    parts = [data]
+    while more := os.read(fd, 1 << 20):
+        parts.append(more)
+    return b"".join(parts)
 
 
 def _scan_view(
