@@ -14,8 +14,10 @@ env.summary collection), reported as ``first_attach_*``.
 
 Besides wall time, each segment's process CPU time is reported (``cpu_*``: less
 sensitive to other jobs on shared cores), and the guard's own work is measured
-directly: optimizer hooks and observe (``Guard.hook_seconds``), the fingerprint inside
-the DDP comm hook, and the CPU time of the guard's background threads.
+directly over the measured steps of each segment: optimizer hooks and observe
+(``Guard.hook_seconds``), the fingerprint inside the DDP comm hook, and the CPU time of
+the guard's background threads (their start-up and the first steps after an attach
+are left out: a job attaches once).
 
 Latency: runs the guard tests' sabotage jobs (tests/guard/jobs) and reports the steps
 from injection to the first finding.
@@ -146,9 +148,13 @@ def worker(rank: int, world: int, args: argparse.Namespace, out: str) -> None:
                     sink=sink,
                     settings=json.loads(args.guard_settings),
                 )
-            t_segment = time.perf_counter()
             for _ in range(args.warmup):
                 step(guard)
+            # The guard's own costs are counted over the measured steps only: a new
+            # attach per segment pays once-per-attach work (threads starting, the first
+            # exchange, bucket plans) that a long job pays once.
+            before = _guard_costs(guard)
+            t_segment = time.perf_counter()
             c0 = time.process_time()
             seg = [step(guard) for _ in range(args.measure)]
             # CPU time of the whole process (training thread, the guard's threads, gloo):
@@ -158,14 +164,15 @@ def worker(rank: int, world: int, args: argparse.Namespace, out: str) -> None:
             times[mode].extend(seg)
             pair_medians.setdefault(pair, {})[mode] = statistics.median(seg)
             if guard is not None:
-                hook_ms.append(1000 * guard.hook_seconds / max(guard.step, 1))
-                grads = guard.monitor("gradients")
-                steps_seen = max(guard.step, 1)
-                comm_ms.append(1000 * getattr(grads, "seconds", 0.0) / steps_seen)
-                thread_ms.append(1000 * _guard_thread_cpu() / steps_seen)
-                hook_cpu_ms.append(1000 * getattr(guard, "hook_cpu_seconds", 0.0) / steps_seen)
-                comm_cpu_ms.append(1000 * getattr(grads, "cpu_seconds", 0.0) / steps_seen)
-                core_share.append(_guard_thread_cpu() / (time.perf_counter() - t_segment))
+                after = _guard_costs(guard)
+                delta = {k: after[k] - before[k] for k in after}
+                n = args.measure
+                hook_ms.append(1000 * delta["hook"] / n)
+                comm_ms.append(1000 * delta["comm"] / n)
+                thread_ms.append(1000 * delta["threads"] / n)
+                hook_cpu_ms.append(1000 * delta["hook_cpu"] / n)
+                comm_cpu_ms.append(1000 * delta["comm_cpu"] / n)
+                core_share.append(delta["threads"] / (time.perf_counter() - t_segment))
                 guard.close()
                 findings += sum(1 for f in guard.findings if f.severity.level >= 1)
     result = {
@@ -191,6 +198,20 @@ def worker(rank: int, world: int, args: argparse.Namespace, out: str) -> None:
     }
     Path(out, f"overhead{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
+
+
+def _guard_costs(guard: Any) -> dict[str, float]:
+    """Cumulative seconds the guard has spent so far (0 without a guard)."""
+    if guard is None:
+        return dict.fromkeys(("hook", "hook_cpu", "comm", "comm_cpu", "threads"), 0.0)
+    grads = guard.monitor("gradients")
+    return {
+        "hook": guard.hook_seconds,
+        "hook_cpu": getattr(guard, "hook_cpu_seconds", 0.0),
+        "comm": getattr(grads, "seconds", 0.0),
+        "comm_cpu": getattr(grads, "cpu_seconds", 0.0),
+        "threads": _guard_thread_cpu(),
+    }
 
 
 def _guard_thread_cpu() -> float:

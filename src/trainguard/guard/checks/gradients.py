@@ -136,7 +136,9 @@ class GradientMonitor:
         self._plans: dict[tuple[int, int, int, int], Any] = {}
         self._handles: list[Any] = []
         self._sumsq = torch.zeros(0, dtype=torch.float64)
-        self._sketch = torch.zeros(0, dtype=torch.float64)
+        self._sketch = torch.zeros(0, dtype=torch.float32)
+        """Sum of the sampled gradient values over the window (float32: the gradients'
+        own precision; no conversion pass on the backward of every step)."""
         self._steps = 0
         self._norm_steps = 0
         self._seen = False
@@ -144,6 +146,7 @@ class GradientMonitor:
         self._history = torch.zeros(0, 0, dtype=torch.float64)
         self._hist_pos = 0
         self._seg = torch.zeros(0, dtype=torch.long)
+        self._big_enough = torch.zeros(0, dtype=torch.bool)
         self._trajectory: Trajectory | None = None
         self._episode: dict[str, Any] | None = None
         """The current run of disagreeing windows without a majority, and its verdict."""
@@ -187,7 +190,7 @@ class GradientMonitor:
             offset += idx.numel()
         device = self._params[0].device if self._params else torch.device("cpu")
         self._sumsq = torch.zeros(len(self._params), dtype=torch.float64, device=device)
-        self._sketch = torch.zeros(offset, dtype=torch.float64, device=device)
+        self._sketch = torch.zeros(offset, dtype=torch.float32, device=device)
         # Ring buffer of |log-norm deviation| per parameter (NaN = empty slot).
         self._history = torch.full((200, len(self._params)), math.nan, dtype=torch.float64)
         self._seg = (
@@ -197,6 +200,8 @@ class GradientMonitor:
             if self._idx
             else torch.zeros(0, dtype=torch.long)
         )
+        # Layers with fewer than 4 sketch coordinates give no usable cosine.
+        self._big_enough = torch.tensor([idx.numel() >= 4 for idx in self._idx], dtype=torch.bool)
         self.enabled = ctx.world_size > 1 and is_replicated(ctx) and bool(self._params)
         if not self.enabled:
             return
@@ -313,14 +318,16 @@ class GradientMonitor:
                 self._sumsq.index_add_(0, js, norms * norms)
                 self._seen_norm = True
         if buf_idx is not None:
-            vals = buffer.reshape(-1).index_select(0, buf_idx).to(torch.float64)
+            vals = buffer.reshape(-1).index_select(0, buf_idx)
         else:
             vals = torch.cat(
                 [
                     tracked[n].reshape(-1).index_select(0, self._idx[int(j)])
                     for n, j in enumerate(js.tolist())
                 ]
-            ).to(torch.float64)
+            )
+        if vals.dtype != torch.float32:
+            vals = vals.to(torch.float32)
         self._sketch.index_add_(0, dest, vals)
         self._seen = True
 
@@ -385,7 +392,7 @@ class GradientMonitor:
             self._seen_norm = True
         o = self._offsets[j]
         idx = self._idx[j]
-        self._sketch[o : o + idx.numel()] += g.reshape(-1).index_select(0, idx).to(torch.float64)
+        self._sketch[o : o + idx.numel()] += g.reshape(-1).index_select(0, idx).to(torch.float32)
         self._seen = True
 
     # ------------------------------------------------------------------ exchange
@@ -400,7 +407,7 @@ class GradientMonitor:
         vec = torch.cat(
             [
                 (self._sumsq / norm_steps).sqrt(),
-                self._sketch / steps,
+                self._sketch.to(torch.float64) / steps,
                 torch.tensor([float(self._steps)], dtype=torch.float64, device=self._sumsq.device),
             ]
         )
@@ -610,8 +617,7 @@ class GradientMonitor:
         peers = (sketch * weight).sum(dim=0, keepdim=True) - sketch * weight
         num = self._segment_sums(sketch * peers)
         den = (self._segment_sums(sketch * sketch) * self._segment_sums(peers * peers)).sqrt()
-        sizes = torch.tensor([idx.numel() for idx in self._idx], dtype=torch.long)
-        usable = (sizes >= 4) & alive & (den > 0).all(dim=0)
+        usable = self._big_enough & alive & (den > 0).all(dim=0)
         cos = num / den.clamp_min(1e-300)
         margin = float(s["grad_cos_margin"])
         candidates = (cos < -margin / 2) & usable.unsqueeze(0)

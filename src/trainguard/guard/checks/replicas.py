@@ -34,9 +34,11 @@ that edits weights on rank 0 only) is named like sabotage -- it is one.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from typing import Any
 
+import blake3
 import torch
 
 from trainguard.guard.base import GuardContext
@@ -230,10 +232,16 @@ class ReplicaMonitor:
     ) -> torch.Tensor:
         """52-bit integer hash of the raw bytes of slice ``piece`` of every parameter.
 
-        Each slice is viewed as integers of its element size and widened to int64; the
-        hash is the sum of ``value * weight(position)`` with a fixed odd-multiplier
-        weight per position within the slice, plus the slice number, modulo 2**52.
+        Parameters in host memory: BLAKE3 of the slice's bytes (one C call per
+        parameter; the tensor arithmetic below cost twice as much on the training
+        thread). On a device (no host copy, no sync): each slice is viewed as integers
+        of its element size and widened to int64; the hash is the sum of
+        ``value * weight(position)`` with a fixed odd-multiplier weight per position
+        within the slice. Either way plus the slice number, modulo 2**52. Every rank of
+        a job holds its replica on the same kind of device, so all use the same hash.
         """
+        if all(flat.device.type == "cpu" for flat in flats):
+            return self._hash_slices_host(flats, piece).to(device)
         sums: list[torch.Tensor] = []
         for flat in flats:
             size = -(-flat.numel() // self._slices)
@@ -250,6 +258,18 @@ class ReplicaMonitor:
             sums.append((bits * self._weight(bits.device, bits.numel())).sum().to(device))
         h = torch.stack(sums) + piece * 0x100000001B3
         return (h & _MASK52).to(torch.float64)
+
+    def _hash_slices_host(self, flats: list[torch.Tensor], piece: int) -> torch.Tensor:
+        hashes: list[int] = []
+        for flat in flats:
+            size = -(-flat.numel() // self._slices)
+            chunk = flat[piece * size : (piece + 1) * size].contiguous()
+            nbytes = chunk.numel() * chunk.element_size()
+            # A copy of the slice's bytes (torch tensors expose no buffer): memcpy speed.
+            raw = ctypes.string_at(chunk.data_ptr(), nbytes) if nbytes else b""
+            value = int.from_bytes(blake3.blake3(raw).digest(8), "little")
+            hashes.append((value + piece * 0x100000001B3) & _MASK52)
+        return torch.tensor(hashes, dtype=torch.float64)
 
     def _weight(self, device: torch.device, n: int) -> torch.Tensor:
         key = (device, n)
