@@ -110,9 +110,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         for name, value in sorted(threads1.items()):
             if name.startswith("trainguard") and name in threads0:
                 used = value - threads0[name]
-                print(
-                    f"  {name:24s} {1e3 * used / n:.3f} ms/step ({100 * used / wall:.2f} % of a core)"
-                )
+                share = 100 * used / wall
+                print(f"  {name:24s} {1e3 * used / n:.3f} ms/step ({share:.2f} % of a core)")
     guard.close()
     dist.destroy_process_group()
 
