@@ -47,7 +47,13 @@ def test_two_rank_gradient_outlier_is_named(tmp_path: Path, how: str, target: in
     assert first["message"].startswith(f"Rank {target}'s local gradient")
     assert first["step"] >= 20  # corruption starts at the window ending at step 20
     tie = first["evidence"]["own_trajectory"]
-    assert tie["rank"] == target and tie["departed_layers"][1 - target] == 0
+    assert tie["rank"] == target
+    # The honest rank may leave its own trajectory a little too (the corrupted mean moved
+    # the model; which steps are fingerprinted is drawn per run): the culprit's departure
+    # must dominate, as the documented rule (more than twice the other's score) says.
+    departed, score = tie["departed_layers"], tie["departure_score"]
+    assert departed[target] > departed[1 - target]
+    assert score[target] > 2 * score[1 - target]
 
 
 def test_sign_flip_on_two_ranks_needs_the_opt_in_rule(tmp_path: Path) -> None:

@@ -100,7 +100,10 @@ class ReplicaMonitor:
         named = trainable_parameters(ctx)
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        gen = torch.Generator().manual_seed(int(s["sketch_seed"]) + 1)
+        # Keyed like the gradient sketch: the per-run secret every rank shares makes the
+        # sampled coordinates and probes unknowable from trainguard's source.
+        secret = int(s.get("_secret", 0))
+        gen = torch.Generator().manual_seed((int(s["sketch_seed"]) + 1 + secret) % (1 << 62))
         k = int(s["replica_sample"])
         self._layouts = {
             _SPREAD: [_strided_sample(p.numel(), k, gen) for p in self._params],
