@@ -244,7 +244,7 @@ def malicious_fixtures(work: Path) -> list[Fixture]:
     add("B27", "model.pt.xz", af.xz_bytes(evil_pt))
     add("B27", "nested.zip", af.zip_bytes([("inner.pt", evil_pt)]))
     add("B27", "model.tar", af.tar_bytes([("m/model.pt", evil_pt)]))
-    add("B27", "legacy-tar.pt", _legacy_tar(af.marker_payload(m)))
+    add("B27", "legacy-tar.pt", cf.legacy_tar(af.marker_payload(m)))
     add("B23", "legacy-object-pickle.pt", cf.malicious_legacy(m))
     add("B24", "payload-after-array.joblib", cf.joblib_with_payload_after_array(m))
     add("NPY", "object-payload.npy", cf.object_npy_with_payload(m))
@@ -264,20 +264,6 @@ def malicious_fixtures(work: Path) -> list[Fixture]:
         meta = (directory / ".metadata").read_bytes()
     add("B31", "dcp/.metadata", cf.inject_reduce(meta, af.marker_payload(m)))
     return out
-
-
-def _legacy_tar(pickle_member: bytes) -> bytes:
-    """A PyTorch < 0.4 tar checkpoint (the layout tests/scan/test_formats_torch.py uses)."""
-    storage_args = b"\x80\x02X\x01\x00\x00\x00kX\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
-    storages = cf.dump(1) + storage_args + (2).to_bytes(8, "little") + b"\0" * 8 + cf.dump([])
-    return af.tar_bytes(
-        [
-            ("sys_info", cf.dump({"protocol_version": 1001})),
-            ("pickle", pickle_member),
-            ("storages", storages),
-            ("tensors", cf.dump(0)),
-        ]
-    )
 
 
 # -------------------------------------------------------------------------------- benign

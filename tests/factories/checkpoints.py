@@ -233,3 +233,18 @@ def pickle_with_user_class() -> bytes:
 def dump(obj: Any) -> bytes:
     """Plain ``pickle.dumps`` for benign data."""
     return pickle.dumps(obj, protocol=4)
+
+
+def legacy_tar(pickle_member: bytes) -> bytes:
+    """A PyTorch < 0.4 tar checkpoint: one float storage of 2 elements, no tensors, and
+    ``pickle_member`` as its object pickle."""
+    storage_args = b"\x80\x02X\x01\x00\x00\x00kX\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
+    storages = dump(1) + storage_args + (2).to_bytes(8, "little") + b"\0" * 8 + dump([])
+    return af.tar_bytes(
+        [
+            ("sys_info", dump({"protocol_version": 1001})),
+            ("pickle", pickle_member),
+            ("storages", storages),
+            ("tensors", dump(0)),
+        ]
+    )

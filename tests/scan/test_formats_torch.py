@@ -236,23 +236,9 @@ def test_storage_too_small_and_twin() -> None:
     assert _scan(data).verdict is Verdict.SAFE
 
 
-def _legacy_tar(pickle_member: bytes) -> bytes:
-    """A PyTorch < 0.4 tar checkpoint: one float storage of 2 elements, no tensors."""
-    storage_args = b"\x80\x02X\x01\x00\x00\x00kX\x03\x00\x00\x00cpuctorch\nFloatStorage\n\x87."
-    storages = cf.dump(1) + storage_args + (2).to_bytes(8, "little") + b"\0" * 8 + cf.dump([])
-    return af.tar_bytes(
-        [
-            ("sys_info", cf.dump({"protocol_version": 1001})),
-            ("pickle", pickle_member),
-            ("storages", storages),
-            ("tensors", cf.dump(0)),
-        ]
-    )
-
-
 def test_legacy_tar_walked_and_payload_caught(marker: Path) -> None:
-    benign = _scan(_legacy_tar(cf.dump({"step": 1})))
+    benign = _scan(cf.legacy_tar(cf.dump({"step": 1})))
     assert benign.format == "torch-legacy-tar"
     assert benign.verdict is Verdict.SAFE, benign.findings
-    evil = _scan(_legacy_tar(af.marker_payload(str(marker))))
+    evil = _scan(cf.legacy_tar(af.marker_payload(str(marker))))
     assert evil.verdict is Verdict.MALICIOUS

@@ -363,15 +363,13 @@ class StackSampler:
     ) -> tuple[str, str | None, bool]:
         """``(bucket, location, blocked)`` for one sample of ``frame``'s stack."""
         kind_of = self.classifier.kind
-        known = self.classifier._cache
         inner: FrameType | None = None
         inner_kind = "user"
         has_guard = has_data = has_compute_ctx = has_checkpoint = False
         f: FrameType | None = frame
         depth = 0
         while f is not None and depth < 128:
-            filename = f.f_code.co_filename
-            k = known.get(filename) or kind_of(filename)
+            k = kind_of(f.f_code.co_filename)
             if inner is None and k != "stdlib":
                 inner, inner_kind = f, k
             if k == "guard":

@@ -135,13 +135,19 @@ def scan_zip(ctx: ScanContext, data: memoryview, *, member: str | None, base_off
 
 def _has_inner_end_record(data: memoryview) -> bool:
     """Whether an end-record signature lies before the last 22 bytes (a cheap pre-check
-    before trying to split the buffer into several zips back to back)."""
-    end = max(0, len(data) - 22)
+    before trying to split the buffer into several zips back to back).
+
+    Buffers of 1 MiB or more are searched in their last 64 KiB only, where a reader
+    looks for the end record: a mapped multi-gigabyte file is not read through.
+    """
+    size = len(data)
+    start = 0 if size < (1 << 20) else max(0, size - (1 << 16) - 22)
+    end = max(0, size - 22)
     whole = data.obj if isinstance(data, memoryview) else data
-    if isinstance(whole, bytes | mmap.mmap) and len(whole) == len(data) and data.contiguous:
+    if isinstance(whole, bytes | mmap.mmap) and len(whole) == size and data.contiguous:
         # rfind: same answer as find, and measurably faster on tensor bytes
-        return whole.rfind(EOCD_SIG, 0, end) >= 0  # searched in place, no copy
-    return bytes(data[:end]).rfind(EOCD_SIG) >= 0
+        return whole.rfind(EOCD_SIG, start, end) >= 0  # searched in place, no copy
+    return bytes(data[start:end]).rfind(EOCD_SIG) >= 0
 
 
 def _join(outer: str | None, inner: str) -> str:
