@@ -30,7 +30,9 @@ class GuardSettings:
     # -- timing / stragglers / injected delays -------------------------------------
     sample_hz: float = 50.0
     """Mean stack samples per second of the training thread (background thread; the
-    intervals are jittered so work cannot be timed between samples)."""
+    intervals are jittered so work cannot be timed between samples). Each sample costs
+    30-60 us of CPU, most of it the thread's wake-up. 25 Hz halves that but starves the
+    straggler rule's wait estimate on short steps (a 30-step test job missed it)."""
     timing_window: int = 5
     """Steps per local evaluation window of the time accounting."""
     timing_warmup: int = 3
@@ -64,6 +66,11 @@ class GuardSettings:
     grad_fingerprint_steps: int = 2
     """Steps of every ``exchange_every`` whose local gradient is fingerprinted (drawn
     per window from a per-run secret shared by the ranks; ``exchange_every`` = all)."""
+    grad_norm_stride: int = 8
+    """Large gradients' norms are read one row of 128 values in every N (which row is
+    drawn per step from the run's secret); small tensors and the rows at each tensor's
+    ends are read fully. 1 = read every value (the cost of a full pass on each
+    fingerprinted step); see docs/guard.md for what sampling gives up."""
     grad_sketch: int = 64
     """Coordinates per parameter in the gradient sketch (shared seed on every rank)."""
     grad_log_ratio: float = 1.0
@@ -200,6 +207,7 @@ class GuardSettings:
             "delay_windows",
             "straggler_windows",
             "grad_sketch",
+            "grad_norm_stride",
             "grad_fingerprint_steps",
             "replica_sample",
             "replica_slices",

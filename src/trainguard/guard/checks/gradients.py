@@ -57,6 +57,7 @@ import torch
 from trainguard.core.findings import Severity
 from trainguard.guard.base import GuardContext
 from trainguard.guard.checks.common import is_replicated, sample_indices, trainable_parameters
+from trainguard.guard.checks.gradnorm import BucketNormPlan
 from trainguard.guard.checks.gradtrack import Trajectory
 from trainguard.guard.findingutil import make_finding
 from trainguard.guard.stats import MAD_TO_SIGMA, Throttle, median
@@ -134,6 +135,7 @@ class GradientMonitor:
         self._idx: list[torch.Tensor] = []
         self._offsets: list[int] = []
         self._plans: dict[tuple[int, int, int, int], Any] = {}
+        self._phases: list[int] = []
         self._handles: list[Any] = []
         self._sumsq = torch.zeros(0, dtype=torch.float64)
         self._sketch = torch.zeros(0, dtype=torch.float32)
@@ -157,12 +159,17 @@ class GradientMonitor:
         self._per_window = 2
         self._window = -1
         self._window_steps: frozenset[int] = frozenset()
+        self._stride = 1
+        self._phase = 0
+        """Which row of every ``grad_norm_stride`` the step being fingerprinted reads."""
         self.fingerprints = 0
         """Steps whose norms were measured so far (for tests and cost accounting)."""
         self.seconds = 0.0
         """Wall time spent fingerprinting inside the DDP comm hook (cost accounting)."""
         self.cpu_seconds = 0.0
         """CPU time of the same (not inflated by other processes on the cores)."""
+        self.norm_cpu_seconds = 0.0
+        """Of which on the steps whose norms were measured."""
         self._slot: _CommHookSlot | None = None
         self._throttle = Throttle(100)
         self._failed = False
@@ -176,6 +183,7 @@ class GradientMonitor:
         self._secret = int(s.get("_secret", 0))
         self._every = int(s["exchange_every"])
         self._per_window = min(int(s["grad_fingerprint_steps"]), self._every)
+        self._stride = int(s["grad_norm_stride"])
         named = trainable_parameters(ctx)
         self.names = [n for n, _ in named]
         self._params = [p for _, p in named]
@@ -273,6 +281,8 @@ class GradientMonitor:
                 window * self._every + 1 + k
                 for k in draw.sample(range(self._every), self._per_window)
             )
+            self._phases = [draw.randrange(self._stride) for _ in range(self._every)]
+        self._phase = self._phases[(step - 1) % self._every]
         return step in self._window_steps
 
     def on_bucket(self, bucket: Any) -> None:
@@ -280,14 +290,18 @@ class GradientMonitor:
         if not self.enabled:
             return
         t0, c0 = time.perf_counter(), time.thread_time()
+        with_norms = self.scheduled()
         try:
-            self._fingerprint_bucket(bucket, self.scheduled())
+            self._fingerprint_bucket(bucket, with_norms)
         except Exception:  # never break the all-reduce; log once
             if not self._failed:
                 _logger.exception("gradient fingerprint failed")
                 self._failed = True
         self.seconds += time.perf_counter() - t0
-        self.cpu_seconds += time.thread_time() - c0
+        cpu = time.thread_time() - c0
+        self.cpu_seconds += cpu
+        if with_norms:
+            self.norm_cpu_seconds += cpu
 
     def _fingerprint_bucket(self, bucket: Any, with_norms: bool) -> None:
         params = bucket.parameters()
@@ -305,10 +319,13 @@ class GradientMonitor:
             if len(self._plans) > 64:  # buckets rebuilt many times: keep the cache small
                 self._plans.clear()
             self._plans[key] = plan
-        js, buf_idx, dest, keep = plan
+        js, buf_idx, dest, keep, norm_plan = plan
         if js.numel() == 0:
             return
-        if with_norms or buf_idx is None:
+        if with_norms and norm_plan is not None:
+            norm_plan.accumulate(buffer, self._phase, self._sumsq)
+            self._seen_norm = True
+        elif with_norms or buf_idx is None:
             # bucket.gradients() builds one view per parameter: only when needed.
             if grads is None:
                 grads = bucket.gradients()
@@ -337,6 +354,8 @@ class GradientMonitor:
         keep: list[int] = []
         buf_parts: list[torch.Tensor] = []
         dest_parts: list[torch.Tensor] = []
+        elem_offsets: list[int] = []
+        numels: list[int] = []
         contiguous_ok = True
         base = buffer.data_ptr()
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
@@ -354,6 +373,8 @@ class GradientMonitor:
                 contiguous_ok = False
             else:
                 buf_parts.append(idx + off_bytes // g.element_size())
+                elem_offsets.append(off_bytes // g.element_size())
+                numels.append(g.numel())
         device = self._sumsq.device
         js_t = torch.tensor(js, dtype=torch.long, device=device)
         dest = (
@@ -362,7 +383,15 @@ class GradientMonitor:
             else torch.zeros(0, dtype=torch.long, device=device)
         )
         buf_idx = torch.cat(buf_parts).to(buffer.device) if (contiguous_ok and buf_parts) else None
-        return js_t, buf_idx, dest, keep
+        norm_plan = (
+            BucketNormPlan(js, elem_offsets, numels, buffer.numel(), self._stride, buffer.device)
+            if self._stride > 1
+            and buf_idx is not None
+            and buffer.is_contiguous()
+            and buffer.is_floating_point()
+            else None
+        )
+        return js_t, buf_idx, dest, keep, norm_plan
 
     def _install_tensor_hooks(self) -> None:
         for j, p in enumerate(self._params):
@@ -433,17 +462,30 @@ class GradientMonitor:
         # -- norm: deviation of each rank's log-norm from the rank median, per layer.
         log_norms = torch.log(norms.clamp_min(1e-30))
         alive = (log_norms > math.log(1e-29)).any(dim=0)
-        med = torch.quantile(log_norms, 0.5, dim=0, keepdim=True)  # mean of the middle two
+        med = (  # the mean of the middle two
+            log_norms.mean(dim=0, keepdim=True)
+            if world == 2
+            else torch.quantile(log_norms, 0.5, dim=0, keepdim=True)
+        )
         devs = log_norms - med
         hist = self._history
-        filled = (~torch.isnan(hist)).sum(dim=0)
-        spread = torch.nan_to_num(torch.nanquantile(hist, 0.5, dim=0), nan=0.0)
-        threshold = torch.where(
-            filled >= 6,
-            (float(s["grad_z"]) * MAD_TO_SIGMA * spread).clamp_min(float(s["grad_log_ratio_min"])),
-            torch.full_like(spread, float(s["grad_log_ratio"])),
-        )
-        norm_hits = (devs.abs() > threshold) & alive
+        floor = min(float(s["grad_log_ratio_min"]), float(s["grad_log_ratio"]))
+        if bool((devs.abs() > floor).any()):
+            filled = (~torch.isnan(hist)).sum(dim=0)
+            spread = torch.nan_to_num(torch.nanquantile(hist, 0.5, dim=0), nan=0.0)
+            threshold = torch.where(
+                filled >= 6,
+                (float(s["grad_z"]) * MAD_TO_SIGMA * spread).clamp_min(
+                    float(s["grad_log_ratio_min"])
+                ),
+                torch.full_like(spread, float(s["grad_log_ratio"])),
+            )
+            norm_hits = (devs.abs() > threshold) & alive
+        else:
+            # Every threshold is at least the smaller of the two floors: no deviation
+            # reaches one, so the history's median (half this check's cost) is not needed.
+            threshold = torch.full((n_params,), floor, dtype=torch.float64)
+            norm_hits = torch.zeros_like(devs, dtype=torch.bool)
         for i, j in norm_hits.nonzero().tolist():
             flagged.setdefault(i, {"norm": [], "direction": []})["norm"].append(
                 {
@@ -454,7 +496,6 @@ class GradientMonitor:
             )
         # -- direction: cosine of each rank's per-layer sketch with its peers' sum.
         self._direction(sketch, alive, norm_hits, s, flagged)
-        global_cos = self._global_cos(sketch)
         names_rank = world >= int(s["grad_min_world"])
         trajectory = self._trajectory_for(world, s)
         if not flagged:
@@ -492,6 +533,7 @@ class GradientMonitor:
                 flagged = {i: w for i, w in flagged.items() if w["norm"]}
                 if not flagged:
                     return
+        global_cos = self._global_cos(sketch)  # evidence only: not on clean exchanges
         for i, why in sorted(flagged.items()):
             self._streak[i] = self._streak.get(i, 0) + 1
             about: int | None = i if names_rank or (tie is not None and tie["rank"] == i) else None
