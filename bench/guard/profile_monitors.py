@@ -10,14 +10,17 @@ overhead is ``bench_overhead.py``'s job.
 
     python bench/guard/profile_monitors.py                 # 40 measured steps
     python bench/guard/profile_monitors.py --steps 80 --settings '{"sample_hz": 20}'
+    python bench/guard/profile_monitors.py --cprofile 30   # + rank 0's guard functions
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import json
 import os
+import pstats
 import socket
 import sys
 import tempfile
@@ -93,9 +96,15 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     costs.clear()
     grads = guard.monitor("gradients")
     hook0, comm0, threads0 = guard.hook_cpu_seconds, grads.cpu_seconds, _thread_cpu()
+    norm0, fp0 = grads.norm_cpu_seconds, grads.fingerprints
     wall0, cpu0 = time.perf_counter(), time.thread_time()
+    profiler = cProfile.Profile() if args.cprofile and rank == 0 else None
+    if profiler is not None:
+        profiler.enable()
     for _ in range(args.steps):
         step()
+    if profiler is not None:
+        profiler.disable()
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     threads1 = _thread_cpu()
     if rank == 0:
@@ -104,6 +113,13 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         hooks = 1e3 * (guard.hook_cpu_seconds - hook0) / n
         comm = 1e3 * (grads.cpu_seconds - comm0) / n
         print(f"guard on the training thread: hooks {hooks:.2f} + comm hook {comm:.2f} ms/step")
+        norm_steps = grads.fingerprints - fp0
+        norm_ms = 1e3 * (grads.norm_cpu_seconds - norm0)
+        other_ms = 1e3 * (grads.cpu_seconds - comm0) - norm_ms
+        print(
+            f"  comm hook: {norm_ms / max(norm_steps, 1):.2f} ms on each of {norm_steps} norm "
+            f"steps, {other_ms / max(n - norm_steps, 1):.2f} ms on the other steps"
+        )
         for (name, method), seconds in sorted(costs.items(), key=lambda kv: -kv[1]):
             print(f"  {name:16s} {method:22s} {1e3 * seconds / n:.3f} ms/step")
         print("background threads:")
@@ -112,6 +128,12 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
                 used = value - threads0[name]
                 share = 100 * used / wall
                 print(f"  {name:24s} {1e3 * used / n:.3f} ms/step ({share:.2f} % of a core)")
+        if profiler is not None:
+            # The training thread only (cProfile does not follow other threads); its own
+            # overhead inflates every figure, so read the order, not the milliseconds.
+            print("training thread, trainguard functions (cProfile):")
+            stats = pstats.Stats(profiler)
+            stats.sort_stats(args.sort).print_stats("trainguard", args.cprofile)
     guard.close()
     dist.destroy_process_group()
 
@@ -126,6 +148,10 @@ def main() -> int:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--settings", default="{}", help="JSON overrides of the guard settings")
+    parser.add_argument(
+        "--cprofile", type=int, default=0, metavar="N", help="print rank 0's top N guard functions"
+    )
+    parser.add_argument("--sort", default="cumulative", help="cProfile sort key")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -209,14 +209,13 @@ class ReplicaMonitor:
         self._round += 1
         samples = self._samples()
         with torch.no_grad():
-            flats = [flat_view(p) for p in self._params]
             device = samples.device
             seg = self._sample_seg(device, _SPREAD)
             n = len(self._params)
             sums = torch.zeros(2, n, dtype=torch.float64, device=device)
             sums[0].index_add_(0, seg, samples)
             sums[1].index_add_(0, seg, samples * samples)
-            hashes = self._hash_slices(flats, piece, device)
+            hashes = self._hash_slices(self._params, piece, device)
             record = self._outside_record(device)
         return torch.cat([torch.stack([sums[0], sums[1], hashes], dim=1).reshape(-1), record])
 
@@ -231,7 +230,7 @@ class ReplicaMonitor:
         return seg
 
     def _hash_slices(
-        self, flats: list[torch.Tensor], piece: int, device: torch.device
+        self, params: list[torch.nn.Parameter], piece: int, device: torch.device
     ) -> torch.Tensor:
         """52-bit integer hash of the raw bytes of slice ``piece`` of every parameter.
 
@@ -243,10 +242,10 @@ class ReplicaMonitor:
         within the slice. Either way plus the slice number, modulo 2**52. Every rank of
         a job holds its replica on the same kind of device, so all use the same hash.
         """
-        if all(flat.device.type == "cpu" for flat in flats):
-            return self._hash_slices_host(flats, piece).to(device)
+        if all(p.device.type == "cpu" for p in params):
+            return self._hash_slices_host(params, piece).to(device)
         sums: list[torch.Tensor] = []
-        for flat in flats:
+        for flat in (flat_view(p) for p in params):
             size = -(-flat.numel() // self._slices)
             chunk = flat[piece * size : (piece + 1) * size]
             if chunk.numel() == 0:
@@ -262,16 +261,30 @@ class ReplicaMonitor:
         h = torch.stack(sums) + piece * 0x100000001B3
         return (h & _MASK52).to(torch.float64)
 
-    def _hash_slices_host(self, flats: list[torch.Tensor], piece: int) -> torch.Tensor:
+    def _hash_slices_host(self, params: list[torch.nn.Parameter], piece: int) -> torch.Tensor:
         hashes: list[int] = []
-        for flat in flats:
-            size = -(-flat.numel() // self._slices)
-            chunk = flat[piece * size : (piece + 1) * size].contiguous()
-            nbytes = chunk.numel() * chunk.element_size()
-            # A copy of the slice's bytes (torch tensors expose no buffer): memcpy speed.
-            raw = ctypes.string_at(chunk.data_ptr(), nbytes) if nbytes else b""
+        salt = piece * 0x100000001B3
+        for p in params:
+            numel = p.numel()
+            size = -(-numel // self._slices)
+            start = min(piece * size, numel)
+            count = min(size, numel - start)
+            if p.is_contiguous():
+                # Raw memory of the slice, read in place: torch tensors expose no buffer,
+                # a ctypes array over their memory is one (``p`` keeps it alive). No
+                # torch call per parameter: this loop runs on the training thread.
+                nbytes = count * p.element_size()
+                address = p.data_ptr() + start * p.element_size()
+            else:
+                chunk = flat_view(p)[start : start + count].contiguous()
+                nbytes, address = chunk.numel() * chunk.element_size(), chunk.data_ptr()
+            raw = (
+                memoryview((ctypes.c_char * nbytes).from_address(address)).cast("B")
+                if nbytes
+                else b""
+            )
             value = int.from_bytes(blake3.blake3(raw).digest(8), "little")
-            hashes.append((value + piece * 0x100000001B3) & _MASK52)
+            hashes.append((value + salt) & _MASK52)
         return torch.tensor(hashes, dtype=torch.float64)
 
     def _weight(self, device: torch.device, n: int) -> torch.Tensor:
