@@ -74,3 +74,40 @@ def test_monitor_selection(tmp_path: Path) -> None:
         settings={"monitors": ["timing"]},
     ) as g:
         assert [m.name for m in g.monitors] == ["timing"]
+
+
+class _Brittle:
+    """A check that raises from its third step on (what a provoked exception looks like)."""
+
+    name = "brittle"
+
+    def start(self, ctx: object) -> None:
+        self.calls = 0
+
+    def close(self, ctx: object) -> None:
+        pass
+
+    def before_step(self, ctx: object) -> None:
+        pass
+
+    def after_step(self, ctx: object) -> None:
+        self.calls += 1
+        if self.calls >= 3:
+            raise ValueError("odd optimizer state")
+
+
+def test_a_check_that_raises_is_reported_once_and_training_goes_on(tmp_path: Path) -> None:
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    with watch(model, opt, run_dir=tmp_path, sink=sink, monitors=[_Brittle]) as guard:
+        for _ in range(6):
+            opt.zero_grad()
+            model(torch.randn(4, 8)).sum().backward()
+            opt.step()
+    assert guard.step == 6
+    failed = [f for f in sink.findings if f.rule == "guard.disabled"]
+    assert len(failed) == 1, [f.message for f in failed]
+    assert failed[0].severity is Severity.HIGH and failed[0].step == 3
+    assert failed[0].evidence["monitor"] == "brittle"
+    assert "ValueError: odd optimizer state" in failed[0].evidence["error"]

@@ -99,3 +99,17 @@ def test_slots_map_to_the_callers_parameter_numbers() -> None:
     out = _estimate(plan, buf, 1, 6)
     assert float(out[0]) == 0.0 and float(out[5]) > 0 and float(out[2]) > 0
     torch.testing.assert_close(out[2], _exact(buf, offs, sizes)[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_every_floating_dtype_of_a_bucket(dtype: torch.dtype) -> None:
+    """Mixed-precision and float64 buckets: same estimate (a float64 one used to raise)."""
+    buf, offs, sizes = _bucket(SIZES)
+    plan = BucketNormPlan(list(range(len(sizes))), offs, sizes, buf.numel(), 8, buf.device)
+    low = buf.to(dtype)
+    est = _estimate(plan, low, 5, len(sizes))
+    torch.testing.assert_close(
+        est, _estimate(plan, low.double(), 5, len(sizes)), rtol=1e-2, atol=0.0
+    )
+    ratio = (est / _exact(low.double(), offs, sizes)).sqrt()
+    assert bool(((ratio - 1).abs() < 0.1).all()), ratio

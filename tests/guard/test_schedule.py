@@ -50,3 +50,28 @@ def test_two_of_every_five_steps_and_secret_dependent() -> None:
 
 def test_every_step_when_asked() -> None:
     assert _schedule(7, steps=20, grad_fingerprint_steps=5) == list(range(1, 21))
+
+
+class _BrokenBucket:
+    """A DDP bucket whose layout cannot be read (what a failing fingerprint meets)."""
+
+    def parameters(self) -> list[torch.Tensor]:
+        raise RuntimeError("bucket layout unavailable")
+
+
+def test_a_failing_comm_hook_fingerprint_is_reported_once_not_hidden() -> None:
+    settings = GuardSettings.build(None, {}).to_dict()
+    sink = MemorySink()
+    ctx = GuardContext(
+        run_id="r", run_dir=Path("."), rank=1, world_size=2, sink=sink, settings=settings
+    )
+    ctx.model = torch.nn.Linear(2, 2)
+    monitor = GradientMonitor()
+    monitor.start(ctx)  # no process group: no hook installed, the callback is driven here
+    monitor.enabled = True
+    for _ in range(3):
+        monitor.on_bucket(_BrokenBucket())  # must not raise into DDP's all-reduce
+    failed = [f for f in sink.findings if f.rule == "guard.disabled"]
+    assert len(failed) == 1
+    assert failed[0].rank == 1 and failed[0].evidence["where"] == "the DDP comm hook"
+    assert "bucket layout unavailable" in failed[0].message

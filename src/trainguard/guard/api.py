@@ -43,7 +43,7 @@ from trainguard.core.errors import GuardError
 from trainguard.core.findings import Finding, Severity
 from trainguard.guard.base import GuardContext, Monitor
 from trainguard.guard.collectives import Exchanger, distributed_ready
-from trainguard.guard.findingutil import make_finding
+from trainguard.guard.findingutil import check_failed, make_finding
 from trainguard.guard.monitors import DEFAULT_MONITORS, MonitorFactory
 from trainguard.guard.settings import GuardSettings
 from trainguard.guard.sink import LedgerSink, TeeSink, default_ledger_url
@@ -184,6 +184,7 @@ class Guard:
         self.ctx.settings["_ddp"] = self.ddp
         self.ctx.settings["_secret"] = secret
         self.ctx.settings["_module"] = self.module
+        self._failed_checks: set[tuple[str, str]] = set()
         self.monitors: list[Monitor] = self._build_monitors(monitors)
         self._closed = False
         self._lock = threading.RLock()
@@ -272,7 +273,7 @@ class Guard:
     def _call(self, monitor: Monitor, method: str, *args: Any) -> None:
         try:
             getattr(monitor, method)(self.ctx, *args)
-        except Exception:  # one broken check must not stop training or the others
+        except Exception as exc:  # one broken check must not stop training or the others
             _logger.exception(
                 "rank %d: monitor %s.%s failed at step %d",
                 self.rank,
@@ -280,6 +281,9 @@ class Guard:
                 method,
                 self.ctx.step,
             )
+            if (monitor.name, method) not in self._failed_checks:
+                self._failed_checks.add((monitor.name, method))
+                self.ctx.report(check_failed(self.ctx, monitor.name, method, exc))
 
     # --------------------------------------------------------------------- hooks
     def _on_pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -104,3 +104,20 @@ def format_location(info: Mapping[str, Any]) -> str | None:
     if info.get("file") is None:
         return None
     return f"{info['file']}:{info['line']}"
+
+
+def check_failed(ctx: GuardContext, monitor: str, where: str, exc: BaseException) -> Finding:
+    """``guard.disabled`` (high) for a check that raised: its verdicts stop from here on.
+
+    A check that fails is a check that is off. An exception is also something code in
+    the job can provoke on purpose (odd optimizer state, a parameter of an unexpected
+    type), so it is reported, not only logged; the caller reports it once per check.
+    """
+    return make_finding(
+        ctx,
+        "guard.disabled",
+        f"Rank {ctx.rank}: the guard's {monitor} check failed in {where} at step {ctx.step} "
+        f"({type(exc).__name__}: {str(exc)[:200]}); it may not see what it should from here on.",
+        severity=Severity.HIGH,
+        evidence={"monitor": monitor, "where": where, "error": f"{type(exc).__name__}: {exc}"},
+    )

@@ -59,7 +59,7 @@ from trainguard.guard.base import GuardContext
 from trainguard.guard.checks.common import is_replicated, sample_indices, trainable_parameters
 from trainguard.guard.checks.gradnorm import BucketNormPlan
 from trainguard.guard.checks.gradtrack import Trajectory
-from trainguard.guard.findingutil import make_finding
+from trainguard.guard.findingutil import check_failed, make_finding
 from trainguard.guard.stats import MAD_TO_SIGMA, Throttle, median
 
 _logger = logging.getLogger(__name__)
@@ -293,10 +293,12 @@ class GradientMonitor:
         with_norms = self.scheduled()
         try:
             self._fingerprint_bucket(bucket, with_norms)
-        except Exception:  # never break the all-reduce; log once
+        except Exception as exc:  # never break the all-reduce; report once
             if not self._failed:
                 _logger.exception("gradient fingerprint failed")
                 self._failed = True
+                if self._ctx is not None:
+                    self._ctx.report(check_failed(self._ctx, self.name, "the DDP comm hook", exc))
         self.seconds += time.perf_counter() - t0
         cpu = time.thread_time() - c0
         self.cpu_seconds += cpu

@@ -112,6 +112,8 @@ class BucketNormPlan:
         if q.numel() == 0:
             return
         view = flat[: self.groups * self.stride * ROW].view(self.groups, self.stride, ROW)
-        norms = torch.linalg.vector_norm(view[:, r0, :], dim=1, dtype=torch.float32)
+        # Half-precision buffers are reduced in float32; float32/float64 in their own.
+        wide = torch.float32 if flat.element_size() < 4 else None
+        norms = torch.linalg.vector_norm(view[:, r0, :], dim=1, dtype=wide)
         picked = norms.index_select(0, q).to(torch.float64)
         out.index_add_(0, self.rows_slot[r0], picked * picked * self.rows_scale[r0])
