@@ -108,3 +108,88 @@ def test_instance_step_shadowing_is_caught(tmp_path: Path) -> None:
     _, sink = train(tmp_path, 4, optim="sgd", settings=PATCHES_ONLY, before_step=shadow)
     targets = [f.evidence["target"] for f in sink.findings if f.rule == "code.tampered"]
     assert targets == ["optimizer instance .zero_grad"]
+
+
+def _resolve_slow(dotted: str) -> tuple[bool, Any]:
+    """The reference semantics: inspect.getattr_static on classes, getattr elsewhere."""
+    import sys
+
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        obj: Any = sys.modules.get(".".join(parts[:cut]))
+        if obj is None:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = (
+                    inspect.getattr_static(obj, attr)
+                    if isinstance(obj, type)
+                    else getattr(obj, attr)
+                )
+        except AttributeError:
+            return False, None
+        if isinstance(obj, (staticmethod, classmethod)):
+            obj = obj.__func__
+        return True, obj
+    return False, None
+
+
+class _Meta(type):
+    def meta_only(cls) -> int:
+        return 1
+
+
+class _Loud:
+    """A descriptor that must never run during a re-check (static lookup)."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        raise AssertionError("descriptor executed")
+
+
+class _Target(metaclass=_Meta):
+    loud = _Loud()
+
+    @staticmethod
+    def helper() -> int:
+        return 2
+
+
+def test_fast_resolve_matches_getattr_static() -> None:
+    names = [
+        *default_targets(),
+        f"{__name__}._Target.loud",
+        f"{__name__}._Target.helper",
+        f"{__name__}._Target.meta_only",
+        f"{__name__}._Target.missing",
+        "no.such.module.func",
+    ]
+    for name in names:
+        fast, slow = resolve(name), _resolve_slow(name)
+        assert fast[0] == slow[0] and fast[1] is slow[1], name
+
+
+def test_background_recheck_failure_is_reported(tmp_path: Path, monkeypatch: Any) -> None:
+    import time
+
+    from trainguard.guard import watch
+    from trainguard.guard.checks.patches import PatchMonitor
+    from trainguard.guard.sink import MemorySink
+
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    settings = {"monitors": ["patches"], "patch_check_seconds": 0.05}
+    guard = watch(model, opt, run_dir=tmp_path, sink=sink, settings=settings)
+    original = PatchMonitor.recheck
+
+    def broken(self: PatchMonitor, ctx: Any) -> None:
+        raise RuntimeError("resolver broke")
+
+    monkeypatch.setattr(PatchMonitor, "recheck", broken)
+    deadline = time.monotonic() + 10
+    while not sink.findings and time.monotonic() < deadline:
+        time.sleep(0.05)
+    monkeypatch.setattr(PatchMonitor, "recheck", original)
+    guard.close()
+    failed = [f for f in sink.findings if f.rule == "guard.disabled"]
+    assert len(failed) == 1 and failed[0].evidence["where"] == "the background re-check"

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from trainguard.guard.base import GuardContext
-from trainguard.guard.findingutil import code_location, format_location, make_finding
+from trainguard.guard.findingutil import check_failed, code_location, format_location, make_finding
 from trainguard.guard.hooks.registry import trusted_original
 from trainguard.guard.stats import Throttle
 
@@ -520,11 +520,15 @@ class PatchMonitor:
         if ctx is None:
             return
         self._initial_verify(ctx)
+        reported = False
         while not self._stop.wait(seconds):
             try:
                 self.recheck(ctx)
-            except Exception:  # the background re-check must never die silently
+            except Exception as exc:  # the background re-check must never die silently
                 _logger.exception("patch re-check failed")
+                if not reported:
+                    reported = True
+                    ctx.report(check_failed(ctx, self.name, "the background re-check", exc))
 
     def close(self, ctx: GuardContext) -> None:
         """Finish the initial verification, run a last re-check, stop the thread."""
