@@ -377,8 +377,10 @@ FINDING_KINDS: Mapping[str, FindingKind] = dict(
             "guard.disabled",
             Severity.CRITICAL,
             "The guard was switched off from inside the job (hooks removed, thread stopped, "
-            "object replaced) or stopped reporting.",
-            "Treat the run as compromised from the reported step on.",
+            "object replaced) or stopped reporting, or one of its checks failed (high: the "
+            "check named in the evidence is off from that step).",
+            "Treat the run as compromised from the reported step on; for a failed check, "
+            "read its exception in the evidence and the rank's log.",
         ),
         _k(
             "ledger.entry_modified",
