@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -139,3 +140,46 @@ def test_majority_names_the_outlier_in_the_first_window() -> None:
     monitor.on_exchange(ctx, _gathered(monitor, 3, [1.0, 9.0, 1.0]))
     (finding,) = sink.findings
     assert finding.rank == 1 and finding.severity == Severity.CRITICAL
+
+
+def _pair_flags(opposed_layers: int, **overrides: object) -> dict[int, Any]:
+    """Layers flagged on direction when rank 1's sketch is rank 0's negated on the first
+    ``opposed_layers`` of six layers (and equal on the rest)."""
+    ctx = GuardContext(
+        run_id="r",
+        run_dir=Path("."),
+        rank=0,
+        world_size=2,
+        sink=MemorySink(),
+        model=torch.nn.Sequential(
+            torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
+        ),
+        settings=GuardSettings.build(None, overrides).to_dict(),
+    )
+    monitor = GradientMonitor()
+    monitor.start(ctx)
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(int(monitor._seg.numel()), generator=gen, dtype=torch.float64)
+    other = base.clone()
+    for j in range(opposed_layers):
+        other[monitor._seg == j] *= -1
+    sketch = torch.stack([base, other])
+    alive = torch.ones(len(monitor.names), dtype=torch.bool)
+    hits = torch.zeros(2, len(monitor.names), dtype=torch.bool)
+    flagged: dict[int, Any] = {}
+    monitor._direction(sketch, alive, hits, ctx.settings, flagged)
+    return flagged
+
+
+def test_two_rank_whole_gradient_sign_flip_is_flagged_by_default() -> None:
+    flagged = _pair_flags(6)
+    assert set(flagged) == {0, 1}
+    assert len(flagged[0]["direction"]) == 6
+
+
+def test_two_rank_single_opposed_layer_needs_the_opt_in_rule() -> None:
+    """Honest ranks on unrelated batches oppose on a layer or two: not by default."""
+    assert _pair_flags(2) == {}
+    flagged = _pair_flags(2, grad_pair_direction=True)
+    assert set(flagged) == {0, 1} and len(flagged[1]["direction"]) == 2
+    assert _pair_flags(6, grad_pair_share=1.01) == {}

@@ -30,14 +30,26 @@ def job(
 
 
 PAIR_DIRECTION = '{"grad_pair_direction": true}'
-"""Sign flips keep the norm: with 2 ranks only the opt-in pair-direction rule sees them."""
+"""The opt-in rule that flags single layers whose pair cosine is clearly negative."""
+
+NO_PAIR_RULES = '{"grad_pair_share": 1.01}'
+"""Neither 2-rank direction rule: a norm-keeping sign flip is then invisible to the pair."""
 
 
 @pytest.mark.parametrize(
-    ("how", "target"), [("scale", 1), ("sign", 1), ("noise", 1), ("sign", 0), ("scale", 0)]
+    ("how", "target", "settings"),
+    [
+        ("scale", 1, "{}"),
+        ("sign", 1, "{}"),
+        ("noise", 1, "{}"),
+        ("sign", 0, "{}"),
+        ("scale", 0, "{}"),
+        ("sign", 1, PAIR_DIRECTION),
+    ],
 )
-def test_two_rank_gradient_outlier_is_named(tmp_path: Path, how: str, target: int) -> None:
-    settings = PAIR_DIRECTION if how == "sign" else "{}"
+def test_two_rank_gradient_outlier_is_named(
+    tmp_path: Path, how: str, target: int, settings: str
+) -> None:
     results = job(tmp_path, f"grad_tie_{how}", 30, target, settings)
     outliers = findings_of(results, "grad.rank_outlier")
     assert outliers, "no grad.rank_outlier"
@@ -56,10 +68,10 @@ def test_two_rank_gradient_outlier_is_named(tmp_path: Path, how: str, target: in
     assert score[target] > 2 * score[1 - target]
 
 
-def test_sign_flip_on_two_ranks_needs_the_opt_in_rule(tmp_path: Path) -> None:
-    """Default settings: no pair-direction rule, so a norm-keeping sign flip is not named
-    by grad.rank_outlier (and nothing else is blamed in its place)."""
-    results = job(tmp_path, "grad_tie_sign", 30, 1)
+def test_sign_flip_on_two_ranks_needs_a_pair_rule(tmp_path: Path) -> None:
+    """Both 2-rank direction rules off: a norm-keeping sign flip is not named by
+    grad.rank_outlier (and the honest rank is not blamed in its place)."""
+    results = job(tmp_path, "grad_tie_sign", 30, 1, NO_PAIR_RULES)
     assert not [f for f in findings_of(results, "grad.rank_outlier") if f["rank"] == 0]
 
 

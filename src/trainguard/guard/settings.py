@@ -83,11 +83,16 @@ class GuardSettings:
     grad_cos_margin: float = 0.5
     """Cosine gap to every peer (sketch vs sum of peers) that flags a direction outlier."""
     grad_pair_direction: bool = False
-    """With exactly 2 ranks, also flag a layer whose pair cosine is below
-    ``-grad_cos_margin`` (what a sign flip on one rank gives). Off by default: two honest
-    ranks on uncorrelated batches (random tokens, tiny batches) reach that on single
-    layers (measured: cosines of -0.5 to -0.6 in a clean 2-rank GPT run); turn it on
-    for jobs whose ranks' gradients agree in direction."""
+    """With exactly 2 ranks, flag any layer whose pair cosine is below
+    ``-grad_cos_margin`` (what a sign flip on one rank gives), however few. Off by
+    default: two honest ranks on uncorrelated batches (random tokens, tiny batches)
+    reach that on single layers (measured: cosines of -0.5 to -0.6 in a clean 2-rank
+    GPT run); turn it on for jobs whose ranks' gradients agree in direction."""
+    grad_pair_share: float = 0.5
+    """With exactly 2 ranks, the layers below ``-grad_cos_margin`` are flagged when they
+    are at least this share of the usable layers in one window: a whole-gradient sign
+    flip on one rank, which the own-trajectory tie-break then names (or nothing is
+    reported). 1.01 turns it off."""
     grad_min_world: int = 3
     """Ranks needed to name the outlier by majority (2 ranks: reported unnamed)."""
     grad_windows: int = 1
@@ -235,6 +240,8 @@ class GuardSettings:
             raise GuardError("guard setting data_parallel must be auto, on or off")
         if not 0.0 < self.delay_fraction < 1.0:
             raise GuardError("guard setting delay_fraction must be in (0, 1)")
+        if not 0.0 < self.grad_pair_share <= 1.01:
+            raise GuardError("guard setting grad_pair_share must be in (0, 1.01]")
         if not 0.0 < self.update_consensus <= 1.0:
             raise GuardError("guard setting update_consensus must be in (0, 1]")
 

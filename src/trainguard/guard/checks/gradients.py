@@ -665,14 +665,22 @@ class GradientMonitor:
         cos = num / den.clamp_min(1e-300)
         margin = float(s["grad_cos_margin"])
         candidates = (cos < -margin / 2) & usable.unsqueeze(0)
+        pair_rule = bool(s["grad_pair_direction"])
+        if cos.shape[0] == 2 and not pair_rule:
+            # Two ranks are each other's only peer: a sign flip of one rank's gradient
+            # turns the pair's cosine negative on nearly every layer at once, while two
+            # honest ranks on unrelated batches reach it on a few layers at most.
+            opposed = (cos[0] < -margin) & usable
+            share = float(opposed.sum()) / max(int(usable.sum()), 1)
+            pair_rule = int(usable.sum()) >= 4 and share >= float(s["grad_pair_share"])
         for i, j in candidates.nonzero().tolist():
             column = cos[:, j].tolist()
             c = column[i]
             others = [x for n, x in enumerate(column) if n != i]
-            # Two ranks are each other's only peer: a sign flip makes both cosines
-            # negative, so the pair is flagged (the tie-break names one) when it is
-            # clearly negative; with more ranks the odd one out must stand apart.
-            pair = bool(s["grad_pair_direction"]) and len(column) == 2 and c < -margin
+            # With two ranks a sign flip makes both cosines negative, so the pair is
+            # flagged (the tie-break names one) when it is clearly negative; with more
+            # ranks the odd one out must stand apart.
+            pair = pair_rule and len(column) == 2 and c < -margin
             if pair or median(others) - c >= margin:
                 flagged.setdefault(i, {"norm": [], "direction": []})["direction"].append(
                     {
