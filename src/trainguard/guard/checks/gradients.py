@@ -9,7 +9,8 @@ fingerprints its *local* gradient before it is reduced:
   all-reduce (``default_hooks.allreduce_hook``). It sees each bucket exactly as it is
   about to be reduced -- after every tensor hook and gradient accumulation, so a
   tensor hook that corrupts the gradient is inside the fingerprint. The hook records
-  per-parameter squared norms (one ``_foreach_norm`` per bucket) and a sketch (the
+  per-parameter squared norms (sampled rows of the bucket buffer for large tensors,
+  :mod:`trainguard.guard.checks.gradnorm`) and a sketch (the
   values at ``grad_sketch`` coordinates per parameter drawn with a seed shared by
   every rank), then hands the bucket to the stock all-reduce. If the job already
   registered its own comm hook (DDP allows one), tensor hooks on the parameters are
@@ -19,11 +20,11 @@ fingerprints its *local* gradient before it is reduced:
   before the user's ``all_reduce`` call.
 
 What is taken when: the sketch (a few thousand coordinates, one ``index_select`` per
-bucket) on every step; the per-parameter norms, a full pass over the gradient, on
-``grad_fingerprint_steps`` of every ``exchange_every`` steps (default 2 of 5), chosen
-per window by a keyed draw from a secret rank 0 shares at attach. Every rank measures
-the same steps (so the comparison is fair), the schedule and the sketch coordinates
-cannot be read from trainguard's source, and the full pass runs on 40 % of the steps.
+bucket) on every step; the per-parameter norms on ``grad_fingerprint_steps`` of every
+``exchange_every`` steps (default 2 of 5), chosen per window by a keyed draw from a
+secret rank 0 shares at attach, which also picks the rows the norms read. Every rank
+measures the same steps and rows (so the comparison is fair), and the schedule, the
+rows and the sketch coordinates cannot be read from trainguard's source.
 The fingerprints of a window accumulate and are exchanged every ``exchange_every``
 steps. Scoring per parameter (vectorised over parameters: one tensor expression per check, no Python
 loop per layer on clean exchanges):
