@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from trainguard.guard import Guard, watch
+from trainguard.guard.base import GuardContext
+from trainguard.guard.settings import GuardSettings
 from trainguard.guard.sink import MemorySink
 
 
@@ -67,3 +69,19 @@ def train(
             opt.step()
             guard.observe(loss=loss)
     return guard, sink
+
+
+def guard_context(
+    model: torch.nn.Module, *, world: int = 2, rank: int = 0, **settings: Any
+) -> GuardContext:
+    """A context for driving one monitor by hand: no process group, no collectives, a
+    memory sink, default settings with ``settings`` applied."""
+    return GuardContext(
+        run_id="r",
+        run_dir=Path("."),
+        rank=rank,
+        world_size=world,
+        sink=MemorySink(),
+        model=model,
+        settings=GuardSettings.build(None, settings).to_dict(),
+    )

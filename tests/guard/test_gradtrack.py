@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from tests.factories.guard_training import guard_context
 from trainguard.core.findings import Severity
 from trainguard.guard.base import GuardContext
 from trainguard.guard.checks.gradients import GradientMonitor
 from trainguard.guard.checks.gradtrack import Trajectory
-from trainguard.guard.settings import GuardSettings
 from trainguard.guard.sink import MemorySink
 
 LAYERS = 3
@@ -86,20 +85,12 @@ def test_no_history_names_nobody() -> None:
 
 def _monitor(world: int) -> tuple[GradientMonitor, GuardContext, MemorySink]:
     """A started gradient monitor of a plain 2-parameter model (no collectives run)."""
-    sink = MemorySink()
-    ctx = GuardContext(
-        run_id="r",
-        run_dir=Path("."),
-        rank=0,
-        world_size=world,
-        sink=sink,
-        model=torch.nn.Linear(8, 4),
-        settings=GuardSettings.build(None, {}).to_dict(),
-    )
+    ctx = guard_context(torch.nn.Linear(8, 4), world=world)
     monitor = GradientMonitor()
     monitor.start(ctx)
     assert monitor.enabled
-    return monitor, ctx, sink
+    assert isinstance(ctx.sink, MemorySink)
+    return monitor, ctx, ctx.sink
 
 
 def _gathered(monitor: GradientMonitor, world: int, bias_scale: list[float]) -> torch.Tensor:
@@ -142,20 +133,11 @@ def test_majority_names_the_outlier_in_the_first_window() -> None:
     assert finding.rank == 1 and finding.severity == Severity.CRITICAL
 
 
-def _pair_flags(opposed_layers: int, **overrides: object) -> dict[int, Any]:
+def _pair_flags(opposed_layers: int, **overrides: Any) -> dict[int, Any]:
     """Layers flagged on direction when rank 1's sketch is rank 0's negated on the first
     ``opposed_layers`` of six layers (and equal on the rest)."""
-    ctx = GuardContext(
-        run_id="r",
-        run_dir=Path("."),
-        rank=0,
-        world_size=2,
-        sink=MemorySink(),
-        model=torch.nn.Sequential(
-            torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)
-        ),
-        settings=GuardSettings.build(None, overrides).to_dict(),
-    )
+    layers = [torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)]
+    ctx = guard_context(torch.nn.Sequential(*layers), **overrides)
     monitor = GradientMonitor()
     monitor.start(ctx)
     gen = torch.Generator().manual_seed(3)

@@ -3,26 +3,15 @@ post-step and the next pre-step leaves on record (the 2-rank tie-break relies on
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from tests.factories.guard_training import guard_context
 from trainguard.guard.base import GuardContext
 from trainguard.guard.checks.replicas import ReplicaMonitor
-from trainguard.guard.settings import GuardSettings
-from trainguard.guard.sink import MemorySink
 
 
 def _monitor(model: torch.nn.Module) -> tuple[ReplicaMonitor, GuardContext]:
-    ctx = GuardContext(
-        run_id="r",
-        run_dir=Path("."),
-        rank=0,
-        world_size=2,
-        sink=MemorySink(),
-        model=model,
-        settings=GuardSettings.build(None, {}).to_dict(),
-    )
+    ctx = guard_context(model)
     monitor = ReplicaMonitor()
     monitor.start(ctx)
     assert monitor.enabled

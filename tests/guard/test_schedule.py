@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import torch
 
-from trainguard.guard.base import GuardContext
+from tests.factories.guard_training import guard_context
 from trainguard.guard.checks.gradients import GradientMonitor
-from trainguard.guard.settings import GuardSettings
 from trainguard.guard.sink import MemorySink
 
 
-def _schedule(secret: int, steps: int = 200, **overrides: object) -> list[int]:
+def _schedule(secret: int, steps: int = 200, **overrides: Any) -> list[int]:
     """Steps a monitor with ``secret`` measures norms on (no hooks are installed)."""
-    settings = GuardSettings.build(None, overrides).to_dict()
-    settings["_secret"] = secret
-    ctx = GuardContext(
-        run_id="r",
-        run_dir=Path("."),
-        rank=0,
-        world_size=1,
-        sink=MemorySink(),
-        model=torch.nn.Linear(2, 2),
-        settings=settings,
-    )
+    ctx = guard_context(torch.nn.Linear(2, 2), world=1, **overrides)
+    ctx.settings["_secret"] = secret
     monitor = GradientMonitor()
     monitor.start(ctx)  # world size 1: disabled, but the schedule is defined
     chosen = []
@@ -60,12 +50,9 @@ class _BrokenBucket:
 
 
 def test_a_failing_comm_hook_fingerprint_is_reported_once_not_hidden() -> None:
-    settings = GuardSettings.build(None, {}).to_dict()
-    sink = MemorySink()
-    ctx = GuardContext(
-        run_id="r", run_dir=Path("."), rank=1, world_size=2, sink=sink, settings=settings
-    )
-    ctx.model = torch.nn.Linear(2, 2)
+    ctx = guard_context(torch.nn.Linear(2, 2), rank=1)
+    sink = ctx.sink
+    assert isinstance(sink, MemorySink)
     monitor = GradientMonitor()
     monitor.start(ctx)  # no process group: no hook installed, the callback is driven here
     monitor.enabled = True

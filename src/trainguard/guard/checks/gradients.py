@@ -484,19 +484,18 @@ class GradientMonitor:
                 torch.full_like(spread, float(s["grad_log_ratio"])),
             )
             norm_hits = (devs.abs() > threshold) & alive
+            for i, j in norm_hits.nonzero().tolist():
+                flagged.setdefault(i, {"norm": [], "direction": []})["norm"].append(
+                    {
+                        "param": self.names[j],
+                        "ratio_to_median": round(math.exp(float(devs[i, j])), 4),
+                        "threshold_ratio": round(math.exp(float(threshold[j])), 4),
+                    }
+                )
         else:
             # Every threshold is at least the smaller of the two floors: no deviation
             # reaches one, so the history's median (half this check's cost) is not needed.
-            threshold = torch.full((n_params,), floor, dtype=torch.float64)
             norm_hits = torch.zeros_like(devs, dtype=torch.bool)
-        for i, j in norm_hits.nonzero().tolist():
-            flagged.setdefault(i, {"norm": [], "direction": []})["norm"].append(
-                {
-                    "param": self.names[j],
-                    "ratio_to_median": round(math.exp(float(devs[i, j])), 4),
-                    "threshold_ratio": round(math.exp(float(threshold[j])), 4),
-                }
-            )
         # -- direction: cosine of each rank's per-layer sketch with its peers' sum.
         self._direction(sketch, alive, norm_hits, s, flagged)
         names_rank = world >= int(s["grad_min_world"])
